@@ -1,0 +1,105 @@
+"""Rich rendering for the commands: the plan summary, deploy progress, the ready banner, and errors.
+
+Results a script may read go to stdout; progress, warnings and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from runtime.launcher import Progress
+from runtime.plan import AppPlan
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def error(message: str, hint: str | None = None) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    if hint:
+        err.print(f"[dim]{escape(hint)}[/]", soft_wrap=True)
+
+
+def warning(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def plan_table(plan: AppPlan) -> Table:
+    """One block per deployment, key/value rows: readable at 80 columns, unlike a wide table."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    grid.add_row(f"app {escape(plan.app_name)}", f"{plan.base_url}/v1")
+    for d in plan.deployments:
+        grid.add_row("", "")
+        grid.add_row(f"[cyan]{escape(d.model_id)}[/]", f"engine {d.engine}")
+        grid.add_row("  model", escape(d.source.describe()))
+        grid.add_row(
+            "  resources", f"{d.num_replicas} replica(s) x {d.num_cpus:g} CPU, {d.num_gpus:g} GPU"
+        )
+        grid.add_row("  context", f"{d.max_model_len} tokens" if d.max_model_len else "the model's own")
+        grid.add_row("  template", "the model's own" if d.chat_template is None else "from the spec")
+        grid.add_row("  sampling", _pairs(d.sampling) or "engine defaults")
+        options = {k: v for k, v in (d.options | d.engine_args).items() if v is not None}
+        if options:
+            grid.add_row("  options", _pairs(options))
+    return grid
+
+
+def _pairs(values: dict) -> str:
+    return escape(" ".join(f"{k}={v}" for k, v in values.items()))
+
+
+_STYLE = {"HEALTHY": "green", "RUNNING": "green", "UPDATING": "yellow", "DEPLOYING": "yellow"}
+
+
+def progress_table(progress: Progress) -> Table:
+    table = Table(title=f"deploying ({progress.app_status}, {progress.elapsed_s:.0f} s)", title_justify="left")
+    for column in ("deployment", "status", "replicas", "note"):
+        table.add_column(column)
+    for d in progress.deployments:
+        replicas = ", ".join(f"{n} {state.lower()}" for state, n in d.replicas.items()) or "-"
+        style = _STYLE.get(d.status, "red")
+        note = escape(d.message.strip().splitlines()[0][:100]) if d.message.strip() else ""
+        table.add_row(d.name, f"[{style}]{d.status}[/]", replicas, note)
+    return table
+
+
+class ProgressView:
+    """A live table on a terminal; one line per change elsewhere (logs, CI, pipes)."""
+
+    def __init__(self) -> None:
+        self.live = Live(console=err, refresh_per_second=4, transient=True) if err.is_terminal else None
+        self.seen: dict[str, str] = {}
+
+    def __enter__(self) -> ProgressView:
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.live.__exit__(*exc)
+
+    def update(self, progress: Progress) -> None:
+        if self.live:
+            self.live.update(progress_table(progress))
+            return
+        for d in progress.deployments:
+            if self.seen.get(d.name) != d.status:
+                self.seen[d.name] = d.status
+                err.print(f"[{progress.elapsed_s:5.1f} s] {d.name}: {d.status}")
+
+
+def ready_banner(plan: AppPlan) -> None:
+    out.print(f"[bold green]aana is serving[/] app {plan.app_name} at {plan.base_url}/v1")
+    out.print(f"models: {', '.join(plan.model_ids)}")
+    out.print(
+        f"try: curl {plan.base_url}/v1/chat/completions -H 'Content-Type: application/json' "
+        f"-d '{{\"model\": \"{plan.model_ids[0]}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
+        soft_wrap=True,
+    )
+    err.print("[dim]press Ctrl-C to stop[/]")

@@ -1,0 +1,104 @@
+"""AppPlan -> serve.Application: one ModelServer deployment per model plus one OpenAI ingress bound to their handles.
+
+The only place that binds deployments. Nothing starts until the launcher deploys the returned application.
+A token crosses two hops: model replica -> ingress (a streamed handle item, ~1.2 ms here) -> HTTP proxy -> client.
+The ingress is kept separate from the models so one HTTP endpoint serves every model and scales on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Mapping
+
+from ray import serve
+from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
+from ray.serve.handle import DeploymentHandle
+
+from runtime.deployment import ModelServer
+from runtime.engines.base import GenerationRequest, StreamError
+from runtime.openai.ingress import create_app
+from runtime.openai.streaming import StreamItem
+from runtime.plan import AppPlan, DeploymentPlan
+
+INGRESS_NAME = "OpenAIIngress"
+HEALTH_PING_TIMEOUT_S = 3.0
+# Passed to replicas so that a cluster's workers see the same offline/cache settings as the driver.
+_FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "AANA_CACHE_DIR")
+
+
+class RayBackend:
+    """A ModelBackend over Ray Serve deployment handles."""
+
+    def __init__(self, handles: Mapping[str, DeploymentHandle]):
+        self.handles = {name: handle.options(stream=True) for name, handle in handles.items()}
+        self.pings = dict(handles)
+
+    async def stream(self, model_id: str, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        responses = self.handles[model_id].generate.remote(request)
+        finished = False
+        try:
+            async for item in responses:
+                yield item
+            finished = True
+        except (RayError, RayServeException) as exc:
+            finished = True
+            yield StreamError("unavailable", f"model {model_id} is unavailable: {type(exc).__name__}: {exc}")
+        finally:
+            if not finished:
+                responses.cancel()  # the client went away: stop the replica's generation too
+
+    async def health(self) -> dict[str, str | None]:
+        async def ping(name: str, handle: DeploymentHandle) -> str | None:
+            try:
+                await asyncio.wait_for(handle.ready.remote(), HEALTH_PING_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                return f"no replica answered within {HEALTH_PING_TIMEOUT_S:.0f} s"
+            except (RayError, RayServeException) as exc:
+                return f"{type(exc).__name__}: {exc}"
+            return None
+
+        results = await asyncio.gather(*(ping(n, h) for n, h in self.pings.items()))
+        return dict(zip(self.pings, results))
+
+
+@serve.ingress()
+class OpenAIIngress:
+    def __init__(self, plan: AppPlan, handles: dict[str, DeploymentHandle]):
+        self.plan = plan
+        self.backend = RayBackend(handles)
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.backend, self.plan.deployments, self.plan.api_key)
+
+
+def _runtime_env() -> dict:
+    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    return {"env_vars": env} if env else {}
+
+
+def model_deployment(plan: DeploymentPlan):
+    options = dict(plan.ray_actor_options)
+    if runtime_env := _runtime_env():
+        options["runtime_env"] = runtime_env
+    return ModelServer.options(
+        name=plan.model_id,
+        num_replicas=plan.num_replicas,
+        max_ongoing_requests=plan.max_ongoing_requests,
+        ray_actor_options=options,
+        health_check_period_s=10,
+        health_check_timeout_s=30,
+        graceful_shutdown_timeout_s=5,
+    ).bind(plan)
+
+
+def build_app(plan: AppPlan) -> serve.Application:
+    handles = {d.model_id: model_deployment(d) for d in plan.deployments}
+    ingress = serve.deployment(OpenAIIngress).options(
+        name=INGRESS_NAME,
+        num_replicas=1,
+        max_ongoing_requests=1000,
+        ray_actor_options={"num_cpus": plan.ingress_num_cpus},
+    )
+    return ingress.bind(plan, handles)

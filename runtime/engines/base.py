@@ -1,0 +1,112 @@
+"""The engine contract: what every engine takes (a chat and generation parameters) and yields (typed deltas).
+
+Engines know nothing of HTTP, SSE or OpenAI field names. They raise `EngineError` for anything a client caused
+(a prompt too long for the context, a parameter the engine cannot honour) and let bugs propagate.
+Imports only the standard library, so the ingress and the unit tests can use these types without torch or vLLM.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length", "abort"]
+ErrorKind = Literal["invalid_request", "context_length", "unavailable", "internal"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling for one request, already merged with the deployment's defaults. None means the engine's default."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    messages: tuple[dict[str, str], ...]  # {"role": ..., "content": ...}, content already flattened to text
+    params: GenerationParams = field(default_factory=GenerationParams)
+    # True when the client asked for max_tokens itself: then a prompt that leaves less room is an error, as in vLLM;
+    # a default max_tokens is clipped to the room left instead.
+    max_tokens_requested: bool = False
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text since the previous delta. Counts are running totals for the request."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class StreamError:
+    """A failure, sent in-band so it crosses process boundaries as data, not as a pickled exception."""
+
+    kind: ErrorKind
+    message: str
+    param: str | None = None
+
+
+class EngineError(Exception):
+    """A request this engine cannot serve as asked. The message says what is wrong and how to fix it."""
+
+    def __init__(self, kind: ErrorKind, message: str, param: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.param = param
+
+    def as_stream_error(self) -> StreamError:
+        return StreamError(self.kind, self.message, self.param)
+
+
+def context_length_error(prompt_tokens: int, max_tokens: int | None, max_model_len: int) -> EngineError:
+    """The one wording for 'does not fit', shared by every engine (numbers included, as vLLM and OpenAI do)."""
+    if max_tokens is None or prompt_tokens >= max_model_len:
+        detail = f"your messages resulted in {prompt_tokens} tokens"
+    else:
+        detail = (
+            f"you requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
+            f"{max_tokens} in the completion)"
+        )
+    return EngineError(
+        "context_length",
+        f"This model's maximum context length is {max_model_len} tokens. However, {detail}. "
+        "Please reduce the length of the messages or the completion.",
+        param="messages",
+    )
+
+
+class Engine(abc.ABC):
+    """One loaded model. Lives inside one Ray Serve replica (or in-process in tests)."""
+
+    def __init__(self, config: Any):
+        self.config = config  # a runtime.plan.DeploymentPlan
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load the model. Raise with a clear message when it cannot be loaded."""
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Yield deltas; the last has a finish_reason. Closing the iterator early must stop the generation."""
+
+    async def check_health(self) -> None:
+        """Raise when the engine can no longer serve; Ray then replaces the replica."""
+
+    async def shutdown(self) -> None:
+        """Release what start() took."""

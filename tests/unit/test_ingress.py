@@ -1,0 +1,248 @@
+"""The HTTP layer over an in-process echo engine: routes, request validation -> 400 envelopes, status codes, SSE.
+
+No Ray: the app is built with `LocalBackend`, the same way the Ray ingress builds it with deployment handles.
+"""
+
+import asyncio
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from runtime.engines.base import Delta, StreamError
+from runtime.openai.ingress import create_app
+from runtime.plan import build_plan
+from runtime.serving import LocalBackend, ModelRunner
+from runtime.spec import parse_spec
+
+SPEC = """
+name = "t"
+[deployments.echo]
+engine = "echo"
+max_model_len = 64
+[deployments.echo.sampling]
+max_tokens = 5
+[deployments.other]
+engine = "echo"
+"""
+
+
+def _client(api_key=None, backend=None):
+    plan = build_plan(parse_spec(SPEC))
+    if backend is None:
+        runners = {d.model_id: ModelRunner(d) for d in plan.deployments}
+        for runner in runners.values():
+            asyncio.run(runner.start())
+        backend = LocalBackend(runners)
+    return TestClient(create_app(backend, plan.deployments, api_key=api_key))
+
+
+@pytest.fixture(scope="module")
+def client():
+    return _client()
+
+
+def _chat(client, path="/v1/chat/completions", **body):
+    body.setdefault("model", "echo")
+    body.setdefault("messages", [{"role": "user", "content": "one two three"}])
+    return client.post(path, json=body)
+
+
+def _error(response, status):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat/completions"])
+def test_completion_on_both_paths(client, path):
+    response = _chat(client, path)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "one two three"}
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == 3
+    assert response.headers["x-request-id"] == body["id"]
+
+
+def test_spec_default_max_tokens_applies_and_request_overrides_it(client):
+    words = " ".join(f"w{i}" for i in range(10))
+    default = _chat(client, messages=[{"role": "user", "content": words}]).json()
+    assert default["usage"]["completion_tokens"] == 5 and default["choices"][0]["finish_reason"] == "length"
+    more = _chat(client, messages=[{"role": "user", "content": words}], max_completion_tokens=8).json()
+    assert more["usage"]["completion_tokens"] == 8
+
+
+def test_stop_sequence_is_not_included(client):
+    body = _chat(client, messages=[{"role": "user", "content": "a b STOP c"}], stop=["STOP"]).json()
+    assert body["choices"][0]["message"]["content"] == "a b "
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
+def test_text_parts_and_developer_role(client):
+    messages = [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "text", "text": "y"}]},
+    ]
+    assert _chat(client, messages=messages).json()["choices"][0]["message"]["content"] == "x y"
+
+
+def test_stream_is_sse_with_one_id(client):
+    with client.stream("POST", "/v1/chat/completions", json={
+        "model": "echo", "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "a b"}],
+    }) as response:  # fmt: skip
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "a b"
+    assert chunks[-1]["usage"]["completion_tokens"] == 2
+
+
+def test_models_listed_on_both_paths(client):
+    for path in ("/v1/models", "/models"):
+        body = client.get(path).json()
+        assert body["object"] == "list"
+        assert [m["id"] for m in body["data"]] == ["echo", "other"]
+
+
+def test_unknown_model_is_404_listing_valid_ids(client):
+    error = _error(_chat(client, model="gpt-9"), 404)
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert "echo, other" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "body, param, words",
+    [
+        ({"messages": []}, "messages", "at least one"),
+        ({"messages": None}, "messages", "messages"),
+        ({"temperature": 3}, "temperature", "less than or equal to 2"),
+        ({"temperature": "hot"}, "temperature", "number"),
+        ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+        ({"frobnicate": 1}, "frobnicate", "Unrecognized request argument"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "messages[0].role"),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "x": 1}]}]}, "messages[0].content", "content"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content", "required"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+        ({"n": 2}, "n", "n=1"),
+        ({"logprobs": True}, "logprobs", "not supported"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
+        ({"response_format": {"type": "json_object"}}, "response_format", "text"),
+        ({"stream_options": {"include_usage": True}}, "stream_options", "stream=true"),
+    ],
+)
+def test_invalid_requests_are_400_naming_the_param(client, body, param, words):
+    error = _error(_chat(client, **body), 400)
+    assert error["param"] == param
+    assert words in error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+def test_missing_model_field_is_400(client):
+    error = _error(client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}), 400)
+    assert error["param"] == "model" and "Missing required parameter" in error["message"]
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]"])
+def test_body_that_is_not_a_json_object_is_400(client, raw):
+    response = client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert "JSON" in _error(response, 400)["message"]
+
+
+def test_prompt_longer_than_context_is_400_with_numbers(client):
+    error = _error(_chat(client, messages=[{"role": "user", "content": "w " * 100}]), 400)
+    assert error["code"] == "context_length_exceeded"
+    assert "64" in error["message"] and "102" in error["message"]
+
+
+def test_requested_completion_that_does_not_fit_is_400(client):
+    error = _error(_chat(client, max_tokens=63), 400)
+    assert "68 tokens (5 in the messages, 63 in the completion)" in error["message"]
+
+
+def test_wrong_path_and_method_use_the_envelope(client):
+    assert "/v1/chat/completions" in _error(client.get("/v1/nope"), 404)["message"]
+    _error(client.get("/v1/chat/completions"), 405)
+
+
+def test_health_is_ok_when_every_model_is_ready(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "models": {"echo": "ready", "other": "ready"}}
+
+
+class _Backend:
+    """A scripted backend: each model id maps to the items its stream yields."""
+
+    def __init__(self, items, health=None):
+        self.items = items
+        self._health = health or {}
+        self.closed = 0
+
+    async def stream(self, model_id, request):
+        try:
+            for item in self.items:
+                yield item
+        finally:
+            self.closed += 1
+
+    async def health(self):
+        return {"echo": self._health.get("echo"), "other": None}
+
+
+def test_error_before_first_token_is_a_real_status():
+    client = _client(backend=_Backend([StreamError("unavailable", "replica died")]))
+    assert _error(_chat(client, stream=True), 503)["message"] == "replica died"
+
+
+def test_error_after_first_token_is_an_error_event():
+    backend = _Backend([Delta("a", 1, 1), StreamError("internal", "boom")])
+    client = _client(backend=backend)
+    with client.stream("POST", "/v1/chat/completions", json={
+        "model": "echo", "stream": True, "messages": [{"role": "user", "content": "x"}],
+    }) as response:  # fmt: skip
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line]
+    assert json.loads(lines[-2][6:])["error"]["message"] == "boom"
+    assert lines[-1] == "data: [DONE]"
+    assert backend.closed == 1
+
+
+def test_unexpected_exception_is_500_without_traceback():
+    class Exploding(_Backend):
+        async def stream(self, model_id, request):
+            raise KeyError("secret internals")
+            yield  # pragma: no cover
+
+    client = TestClient(create_app(Exploding([]), build_plan(parse_spec(SPEC)).deployments), raise_server_exceptions=False)
+    error = _error(_chat(client), 500)
+    assert "KeyError" in error["message"] and "secret" not in error["message"] and "Traceback" not in error["message"]
+
+
+def test_health_is_503_with_the_reason():
+    client = _client(backend=_Backend([], health={"echo": "no replica answered within 3 s"}))
+    response = client.get("/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["models"] == {"echo": "no replica answered within 3 s", "other": "ready"}
+    assert "echo: no replica answered" in body["error"]["message"]
+
+
+def test_api_key_is_required_when_configured():
+    client = _client(api_key="s3cret")
+    error = _error(_chat(client), 401)
+    assert error["code"] == "invalid_api_key" and error["type"] == "authentication_error"
+    ok = client.post(
+        "/v1/chat/completions",
+        json={"model": "echo", "messages": [{"role": "user", "content": "x"}]},
+        headers={"Authorization": "Bearer s3cret"},
+    )
+    assert ok.status_code == 200
+    assert client.get("/health").status_code == 200  # health stays open for load balancers
