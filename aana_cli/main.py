@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from aana_cli import console
 from aana_cli.options import Address, Host, Json, Port, SpecPath
@@ -50,10 +51,10 @@ def validate(spec: SpecPath, as_json: Json = False) -> None:
     for problem in local_path_problems(plan):
         console.warning(str(problem))
     if as_json:
-        console.out.print_json(json.dumps(_plan_json(plan)))
+        console.out.print_json(json.dumps(_plan_json(plan), default=str))
     else:
         console.out.print(console.plan_table(plan))
-        console.out.print(f"[green]valid[/]: {spec}")
+        console.out.print(f"[green]valid[/]: {escape(str(spec))}")
 
 
 def _plan_json(plan: AppPlan) -> dict:

@@ -116,9 +116,9 @@ def port_is_free(host: str, port: int) -> bool:
 def start_ray(plan: AppPlan, address: str | None) -> None:
     import ray
 
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    kwargs: dict = {"namespace": "aana", "logging_level": logging.WARNING, "log_to_driver": False}
+    # aana reports what matters itself; Ray's start-up notices would bury it.
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    kwargs: dict = {"namespace": "aana", "logging_level": logging.ERROR, "log_to_driver": False}
     if address:
         kwargs["address"] = address
     else:
@@ -144,8 +144,8 @@ def deploy(plan: AppPlan) -> None:
 
     from runtime.app import build_app
 
-    serve.start(http_options={"host": plan.host, "port": plan.port})
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve sets its own level on start
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    serve.start(http_options={"host": plan.host, "port": plan.port}, logging_config={"log_level": "WARNING"})
     target = serve.RunTarget(build_app(plan), name=plan.app_name, route_prefix="/")
     serve.run_many([target], wait_for_applications_running=False)
 

