@@ -55,6 +55,11 @@ def resolve_weights(source: ModelSource, tokenizer: str | None = None) -> Resolv
         if not path.is_file():
             raise RuntimeError(f"{path} is not a file; a GGUF model is a single .gguf file")
         return ResolvedModel(str(convert_gguf(path)), None, tokenizer)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise RuntimeError(
+            f"{path} is not a model folder (no config.json); point `model` at a folder written by save_pretrained, "
+            "a .gguf file, or a Hugging Face id"
+        )
     return ResolvedModel(str(path), None, tokenizer)
 
 
@@ -115,6 +120,7 @@ def convert_gguf(gguf: Path) -> Path:
         started = time.monotonic()
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
+            staging.chmod(0o755)  # mkdtemp's 0700 would hide the cache from other users of a shared machine
             _convert_into(gguf, staging)
             os.replace(staging, target)
         except BaseException:

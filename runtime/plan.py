@@ -98,6 +98,11 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
         path = f"deployments.{name}"
         model_source = resolve_model_source(dep.model, dep.revision, base)
         template = _resolve_template(dep.chat_template, base, f"{path}.chat_template", problems)
+        for key in dep.sampling.model_dump(exclude_none=True):
+            if key not in ENGINES[dep.engine].supports:
+                problems.append(
+                    Problem(f"{path}.sampling.{key}", f"the {dep.engine} engine cannot honour {key}; remove it")
+                )
         tokenizer = dep.tokenizer
         if tokenizer and (_looks_local(tokenizer) or _local_path(tokenizer, base).exists()):
             tokenizer = str(_local_path(tokenizer, base))

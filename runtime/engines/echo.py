@@ -7,7 +7,6 @@ and benchmarked in seconds. Token = whitespace-separated word (a stand-in tokeni
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator
 
 from runtime.engines.base import Delta, Engine, GenerationRequest, context_length_error
@@ -33,9 +32,7 @@ class EchoEngine(Engine):
             raise context_length_error(prompt_tokens, params.max_tokens, self.max_model_len)
         max_tokens = min(params.max_tokens or room, room)
         last_user = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
-        words = last_user.split()
-        if params.temperature:  # sampling: a seeded shuffle stands in for randomness
-            random.Random(params.seed).shuffle(words)
+        words = last_user.split()  # sampling parameters change nothing: the echo is deterministic
         stops = StopMatcher(params.stop)
         produced = 0
         finish = "stop"

@@ -6,7 +6,8 @@ parameters, token streaming with incremental detokenization, stop strings, and c
 Generations are serialised: one `model.generate` runs at a time per replica, the others wait their turn in FIFO
 order (an asyncio.Lock). Transformers has no continuous batching, and two generate calls sharing one model from
 two threads would compete for the same cores and the global RNG that seeds sampling; for throughput, add replicas
-or use the vLLM engine.
+or use the vLLM engine. A stream closed early (the client went away) stops its generate within one token, and the
+next request starts only once that generate has returned.
 
 torch and transformers are imported inside functions, not when this module is imported: whoever looks up the
 engine class (the app builder, a test) does not pay for torch; the replica imports it when start() runs.
@@ -22,18 +23,22 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.engines.base import (
     Delta,
     Engine,
     EngineError,
+    FinishReason,
     GenerationParams,
     GenerationRequest,
     context_length_error,
 )
 from runtime.engines.stops import StopMatcher
 from runtime.models import ResolvedModel, resolve_weights
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ class _Loaded:
     max_model_len: int
     eos_ids: frozenset[int]
     pad_id: int | None
+    threads: int
 
 
 class TransformersEngine(Engine):
@@ -58,6 +64,7 @@ class TransformersEngine(Engine):
         super().__init__(config)
         self._loaded: _Loaded | None = None
         self._fatal: BaseException | None = None
+        self._current: _Run | None = None  # the generation holding the model, for shutdown to stop it
         self._lock = asyncio.Lock()
         # One worker thread: generations are serialised anyway, and a dedicated thread keeps them off the
         # default executor that the event loop uses for other blocking work.
@@ -73,7 +80,8 @@ class TransformersEngine(Engine):
         import torch
 
         config, options = self.config, self.config.options
-        torch.set_num_threads(options.get("threads") or os.cpu_count() or 1)
+        threads = options.get("threads") or os.cpu_count() or 1
+        torch.set_num_threads(threads)
         device = _pick_device(options.get("device", "auto"), config.num_gpus)
         resolved = resolve_weights(config.source, config.tokenizer)
         tokenizer = _load_tokenizer(resolved)
@@ -96,7 +104,7 @@ class TransformersEngine(Engine):
         if pad_id is None:
             pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids, default=None)
         log.info("%s loaded on %s (%s), max_model_len=%d", config.model_id, device, model.dtype, max_model_len)
-        return _Loaded(model, tokenizer, device, max_model_len, frozenset(eos_ids), pad_id)
+        return _Loaded(model, tokenizer, device, max_model_len, frozenset(eos_ids), pad_id, threads)
 
     async def check_health(self) -> None:
         if self._fatal is not None:
@@ -106,6 +114,8 @@ class TransformersEngine(Engine):
 
     async def shutdown(self) -> None:
         loaded, self._loaded = self._loaded, None
+        if self._current is not None:
+            self._current.stop.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
         if loaded is not None and loaded.device.startswith("cuda"):
             import torch
@@ -126,8 +136,9 @@ class TransformersEngine(Engine):
         prompt_ids = _prompt_ids(loaded.tokenizer, request.messages)
         max_new = _completion_budget(len(prompt_ids), params.max_tokens, request.max_tokens_requested,
                                      loaded.max_model_len)  # fmt: skip
-        await self._lock.acquire()
         run = _Run(loaded, prompt_ids, max_new, params)
+        await self._lock.acquire()
+        self._current = run
         try:
             future = asyncio.get_running_loop().run_in_executor(
                 self._executor, self._generate_blocking, run, generate_kwargs
@@ -156,6 +167,9 @@ class TransformersEngine(Engine):
         from transformers import StoppingCriteriaList
 
         loaded = run.loaded
+        if torch.get_num_threads() != loaded.threads:
+            # With OpenMP the thread count is per calling thread; start() set it on the loader thread.
+            torch.set_num_threads(loaded.threads)
         input_ids = torch.tensor([run.prompt_ids], device=loaded.model.device)
         try:
             if run.params.seed is not None:
@@ -215,7 +229,7 @@ class _Run:
         rest = "" if matcher.stopped else matcher.feed(tail[len(emitted) :]) + matcher.flush()
         yield Delta(rest, prompt_tokens, len(generated), self._finish_reason(matcher, generated))
 
-    def _finish_reason(self, matcher: StopMatcher, generated: Sequence[int]) -> str:
+    def _finish_reason(self, matcher: StopMatcher, generated: Sequence[int]) -> FinishReason:
         if matcher.stopped or (generated and generated[-1] in self.loaded.eos_ids):
             return "stop"
         return "length" if len(generated) >= self.max_new else "stop"
@@ -325,7 +339,10 @@ def _load_model(resolved: ResolvedModel, device: str, dtype: str, engine_args: d
 def _not_loadable(what: str, source: str, exc: Exception) -> str:
     hint = ""
     if not os.path.isabs(source) and os.environ.get("HF_HUB_OFFLINE"):
-        hint = " HF_HUB_OFFLINE is set, so only the local Hugging Face cache was searched; download it first."
+        hint = (
+            f" HF_HUB_OFFLINE is set, so only the local Hugging Face cache was searched: download it first "
+            f"(`hf download {source}`) or point `model` at a local folder."
+        )
     return f"cannot load the {what} {source!r}: {exc}{hint}"
 
 
@@ -380,6 +397,6 @@ def _sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
         "temperature": params.temperature,
         "top_p": params.top_p if params.top_p is not None else 1.0,
         "top_k": params.top_k if params.top_k and params.top_k > 0 else 0,
-        "min_p": params.min_p or None,
+        "min_p": params.min_p or 0.0,
         "repetition_penalty": params.repetition_penalty or 1.0,
     }

@@ -16,6 +16,8 @@ from runtime.openai.protocol import ChatCompletionRequest, ChatMessage
 _SAMPLING_FIELDS = (
     "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed",
 )  # fmt: skip
+# What the OpenAI API does when neither the request nor the spec sets a temperature.
+OPENAI_DEFAULT_TEMPERATURE = 1.0
 # Features with no generation parameter yet: accepted only in their neutral form.
 _UNSUPPORTED_FEATURES = ("logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls")
 
@@ -33,6 +35,8 @@ def to_generation_request(
         value = getattr(request, name)
         values[name] = value if value is not None else defaults.get(name)
     requested_max = request.max_completion_tokens or request.max_tokens
+    if values["temperature"] is None:
+        values["temperature"] = OPENAI_DEFAULT_TEMPERATURE
     values["max_tokens"] = requested_max or defaults.get("max_tokens")
     stop = request.stop if request.stop is not None else defaults.get("stop")
     values["stop"] = tuple([stop] if isinstance(stop, str) else (stop or ()))

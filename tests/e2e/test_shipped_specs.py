@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -24,8 +25,25 @@ def test_smollm2_default_spec_knows_the_capital_of_france(tmp_path):
         )
         assert "Paris" in answer.choices[0].message.content
         assert answer.choices[0].finish_reason == "stop"
+        _dropped_stream_stops_the_generation(server, client)
     finally:
         assert server.stop() == 0, server.output()
+
+
+def _dropped_stream_stops_the_generation(server, client):
+    """SmolLM2 decodes ~15 tok/s here and one replica generates one request at a time: had the 600-token stream
+    gone on after the client hung up, the next request would wait ~40 s behind it."""
+    body = {"model": "smollm2", "stream": True, "max_tokens": 600, "temperature": 1.0, "seed": 1,
+            "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]}  # fmt: skip
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        for i, _ in enumerate(response.iter_lines()):
+            if i >= 4:
+                break
+    started = time.monotonic()
+    reply = client.chat.completions.create(model="smollm2", max_tokens=5, messages=[{"role": "user", "content": "Hi"}])
+    assert reply.usage.completion_tokens <= 5
+    assert time.monotonic() - started < 15
 
 
 def test_llama2_spec_without_a_gpu_fails_fast_naming_the_gpu():

@@ -401,3 +401,15 @@ def test_no_local_path_problems_for_hub_and_echo():
         'name = "demo"\n[deployments.e]\nengine = "echo"\n[deployments.h]\nengine = "vllm"\nmodel = "o/n"\n'
     )
     assert local_path_problems(plan) == []
+
+
+def test_sampling_default_the_engine_cannot_honour_is_a_spec_error():
+    spec = parse_spec(
+        'name = "a"\n[deployments.m]\nengine = "transformers"\nmodel = "org/m"\n'
+        "[deployments.m.sampling]\npresence_penalty = 0.5\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        build_plan(spec)
+    [problem] = caught.value.problems
+    assert problem.path == "deployments.m.sampling.presence_penalty"
+    assert "transformers engine cannot honour presence_penalty" in problem.message
