@@ -30,6 +30,7 @@ class GenerationParams:
     frequency_penalty: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # generate max_tokens even past end-of-sequence (benchmarks)
 
 
 @dataclass(frozen=True)

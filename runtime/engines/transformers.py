@@ -179,6 +179,7 @@ class TransformersEngine(Engine):
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 max_new_tokens=run.max_new,
+                min_new_tokens=run.max_new if run.params.ignore_eos else None,
                 pad_token_id=loaded.pad_id,
                 streamer=run.streamer,
                 stopping_criteria=StoppingCriteriaList([_hook_classes()[1](run.stop)]),

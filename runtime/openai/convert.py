@@ -19,7 +19,7 @@ _SAMPLING_FIELDS = (
 # What the OpenAI API does when neither the request nor the spec sets a temperature.
 OPENAI_DEFAULT_TEMPERATURE = 1.0
 # Features with no generation parameter yet: accepted only in their neutral form.
-_UNSUPPORTED_FEATURES = ("logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls")
+_UNSUPPORTED_FEATURES = ("ignore_eos", "logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls")
 
 
 def to_generation_request(
@@ -40,6 +40,7 @@ def to_generation_request(
     values["max_tokens"] = requested_max or defaults.get("max_tokens")
     stop = request.stop if request.stop is not None else defaults.get("stop")
     values["stop"] = tuple([stop] if isinstance(stop, str) else (stop or ()))
+    values["ignore_eos"] = bool(request.ignore_eos)
     return GenerationRequest(
         request_id=request_id,
         messages=tuple(_flatten(i, m) for i, m in enumerate(request.messages)),

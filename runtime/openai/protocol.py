@@ -58,6 +58,7 @@ class ChatCompletionRequest(_Wire):
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0)
+    ignore_eos: bool | None = None
 
     @field_validator("stop")
     @classmethod

@@ -310,3 +310,16 @@ async def test_smollm2_from_its_package_answers_paris(plan_for):
         deltas = await collect(engine, ask("What is the capital of France?", max_tokens=30))
     assert "Paris" in text_of(deltas)
     assert deltas[-1].finish_reason == "stop"  # SmolLM2 ends its answer with <|im_end|>
+
+
+def test_ignore_eos_generates_max_tokens(tiny_plan):
+    engine = TransformersEngine(tiny_plan())
+    asyncio.run(engine.start())
+    params = GenerationParams(max_tokens=30, temperature=0, ignore_eos=True)
+    request = GenerationRequest("r", ({"role": "user", "content": "Hi"},), params)
+
+    async def run():
+        return [d async for d in engine.generate(request)]
+
+    deltas = asyncio.run(run())
+    assert deltas[-1].completion_tokens == 30 and deltas[-1].finish_reason == "length"
