@@ -53,7 +53,10 @@ def _pairs(values: dict) -> str:
     return escape(" ".join(f"{k}={v}" for k, v in values.items()))
 
 
-_STYLE = {"HEALTHY": "green", "RUNNING": "green", "UPDATING": "yellow", "DEPLOYING": "yellow"}
+_STYLE = {
+    "HEALTHY": "green", "RUNNING": "green", "UPDATING": "yellow", "DEPLOYING": "yellow", "UPSCALING": "yellow",
+    "DOWNSCALING": "yellow", "NOT_STARTED": "yellow",
+}  # fmt: skip
 
 
 def progress_table(progress: Progress) -> Table:
@@ -94,7 +97,7 @@ class ProgressView:
                 err.print(f"[{progress.elapsed_s:5.1f} s] {d.name}: {d.status}")
 
 
-def ready_banner(plan: AppPlan) -> None:
+def ready_banner(plan: AppPlan, detached_pid: int | None = None, log: str | None = None) -> None:
     out.print(f"[bold green]aana is serving[/] app {plan.app_name} at {plan.base_url}/v1")
     out.print(f"models: {', '.join(plan.model_ids)}")
     out.print(
@@ -102,4 +105,60 @@ def ready_banner(plan: AppPlan) -> None:
         f"-d '{{\"model\": \"{plan.model_ids[0]}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
         soft_wrap=True,
     )
-    err.print("[dim]press Ctrl-C to stop[/]")
+    if detached_pid is None:
+        err.print("[dim]press Ctrl-C to stop[/]")
+    else:
+        err.print(f"running in the background (pid {detached_pid}, log {escape(log or '-')}); stop it with `aana down`")
+
+
+def status_view(snapshot: dict) -> None:
+    """The human view of `aana status`; the same facts as --json."""
+    cluster = snapshot["cluster"]
+    res = cluster["resources"]
+    alive = sum(1 for n in cluster["nodes"] if n["alive"])
+    gib = 1024**3
+    out.print(
+        f"[bold]cluster[/] {escape(cluster['address'])}: {alive}/{len(cluster['nodes'])} node(s) alive, "
+        f"CPU {res['CPU']['used']:g}/{res['CPU']['total']:g}, GPU {res['GPU']['used']:g}/{res['GPU']['total']:g}, "
+        f"memory {res['memory']['used'] / gib:.1f}/{res['memory']['total'] / gib:.1f} GiB"
+    )
+    if not snapshot["apps"]:
+        out.print("no apps are running")
+    for app in snapshot["apps"]:
+        out.print(_app_table(app))
+        for d in app["deployments"]:
+            if d["message"] and d["status"] != "HEALTHY":
+                out.print(f"  [red]{escape(d['name'])}: {escape(_last_line(d['message']))}[/]", soft_wrap=True)
+
+
+def _app_table(app: dict) -> Table:
+    style = _STYLE.get(app["status"], "red")
+    title = f"app [bold]{escape(app['name'])}[/] [{style}]{app['status']}[/]"
+    if app["deploying_for_s"] is not None:
+        title += f" for {app['deploying_for_s']:.0f} s"
+    if app["endpoint"]:
+        title += f"  {escape(app['endpoint'])}"
+    table = Table(title=title, title_justify="left")
+    for column in ("deployment", "status", "replicas", "requests/errors", "TTFT ms p50/p95", "latency ms p50/p95"):
+        table.add_column(column, no_wrap=column != "deployment")
+    requests = app.get("requests") or {}
+    for d in app["deployments"]:
+        replicas = ", ".join(f"{n} {state.lower()}" for state, n in d["replicas"].items()) or "-"
+        stats = requests.get(d["name"]) if d["role"] == "model" else None
+        cells = ["-"] * 3
+        if stats:
+            cells = [f"{stats['count']}/{stats['errors']}", _p(stats.get("ttft_ms")), _p(stats.get("latency_ms"))]
+        name = escape(d["name"]) + (" (ingress)" if d["role"] == "ingress" else "")
+        table.add_row(name, f"[{_STYLE.get(d['status'], 'red')}]{d['status']}[/]", replicas, *cells)
+    return table
+
+
+def _p(values: dict | None) -> str:
+    if not values or values.get("p50") is None:
+        return "-"
+    return f"{values['p50']:.0f}/{values['p95']:.0f}"
+
+
+def _last_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[0] if len(lines) == 1 else f"{lines[0][:80]} ... {lines[-1]}"

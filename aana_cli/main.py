@@ -1,22 +1,21 @@
 """The `aana` command: each command parses its options, calls into `runtime`, renders, and picks the exit code.
 
-Exit codes: 0 success; 1 the spec or the deployment failed (the message says why); 2 bad command-line usage.
+Exit codes: 0 success; 1 the spec or the deployment failed (the message says why); 2 bad command-line usage
+(`aana status` and `aana down` also use 2 for "nothing running" and 3 for "cluster unreachable").
 """
 
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.markup import escape
 
-from aana_cli import console
-from aana_cli.options import Address, Host, Json, Port, SpecPath
+from aana_cli import console, serve_cmds
+from aana_cli.options import Address, DrainTimeout, Host, Json, Port, SpecPath
 from runtime.engines.registry import ENGINES, missing_packages
-from runtime.launcher import LaunchError
 from runtime.plan import AppPlan, build_plan, local_path_problems
 from runtime.spec import SpecError, load_spec
 
@@ -86,50 +85,38 @@ def up(
     host: Host = None,
     port: Port = None,
     timeout: float = typer.Option(900.0, "--timeout", min=1, help="Seconds to wait for every model to load."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Return once serving; the app keeps running."),
+    drain_timeout: DrainTimeout = 30.0,
 ) -> None:
-    """Deploy the spec on Ray Serve and serve until Ctrl-C."""
-    from runtime import launcher
-
+    """Deploy the spec on Ray Serve and serve until Ctrl-C (or, with --detach, until `aana down`)."""
     plan = _load(spec).with_server(host, port)
-    address = address or plan.ray_address
-    problems = launcher.preflight(plan, embedded=address is None) + [str(p) for p in local_path_problems(plan)]
-    if problems:
-        _fail(problems)
-    serving = False
-    try:
-        with console.err.status("starting Ray" if address is None else f"connecting to Ray at {address}"):
-            launcher.start_ray(plan, address)
-        # After ray.init, which installs handlers of its own: `kill` and Ctrl-C both stop cleanly, also when the
-        # parent shell started us with SIGINT ignored.
-        signal.signal(signal.SIGTERM, _interrupt)
-        signal.signal(signal.SIGINT, _interrupt)
-        if problems := launcher.check_cluster(plan):
-            _fail(problems)
-        launcher.deploy(plan)
-        with console.ProgressView() as view:
-            launcher.wait_until_running(plan, timeout, view.update)
-        console.ready_banner(plan)
-        serving = True
-        threading.Event().wait()
-    except LaunchError as exc:
-        _fail([str(exc)])
-    except KeyboardInterrupt:
-        console.err.print("stopping ..." if serving else "interrupted before the app was ready; stopping ...")
-        if not serving:
-            raise typer.Exit(130) from None
-    finally:
-        launcher.shutdown(plan, owned=address is None)
-        console.err.print("stopped")
+    options = serve_cmds.UpOptions(address or plan.ray_address, timeout, drain_timeout)
+    if detach:
+        child_args = [str(spec.resolve()), "--timeout", str(timeout), "--drain-timeout", str(drain_timeout)]
+        child_args += ["--port", str(plan.port), "--host", plan.host]
+        child_args += ["--address", options.address] if options.address else []
+        serve_cmds.up_detached(plan, child_args, options)
+    else:
+        serve_cmds.up_foreground(plan, options, spec.read_text())
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+@app.command()
+def down(
+    app_name: Optional[str] = typer.Option(None, "--app", help="The app to stop (default: the only one running)."),
+    address: Address = None,
+    drain_timeout: DrainTimeout = 30.0,
+) -> None:
+    """Stop an app gracefully: refuse new requests, let those in flight finish, remove it, stop the Ray aana started."""
+    serve_cmds.down(app_name, address, drain_timeout)
 
 
-def _fail(problems: list[str]) -> None:
-    for problem in problems:
-        console.error(problem)
-    raise typer.Exit(1)
+@app.command()
+def status(address: Address = None, as_json: Json = False) -> None:
+    """Show what runs: cluster, apps, deployments, replicas, errors, endpoint and models.
+
+    Exit codes: 0 all healthy, 1 something unhealthy or still deploying, 2 nothing running, 3 cluster unreachable.
+    """
+    serve_cmds.status(address, as_json, database_url=None)
 
 
 if __name__ == "__main__":

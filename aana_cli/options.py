@@ -22,3 +22,7 @@ Address = Annotated[
 Host = Annotated[Optional[str], typer.Option("--host", help="Override server.host.")]
 Port = Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Override server.port.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+DrainTimeout = Annotated[
+    float,
+    typer.Option("--drain-timeout", min=0, help="Seconds to let requests in flight finish when stopping."),
+]

@@ -18,11 +18,10 @@ from ray.serve.handle import DeploymentHandle
 
 from runtime.deployment import ModelServer
 from runtime.engines.base import GenerationRequest, StreamError
-from runtime.openai.ingress import create_app
+from runtime.openai.ingress import Admission, create_app
 from runtime.openai.streaming import StreamItem
-from runtime.plan import AppPlan, DeploymentPlan
+from runtime.plan import INGRESS_NAME, AppPlan, DeploymentPlan
 
-INGRESS_NAME = "OpenAIIngress"
 HEALTH_PING_TIMEOUT_S = 3.0
 # Passed to replicas so that a cluster's workers see the same offline/cache settings as the driver.
 _FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "AANA_CACHE_DIR")
@@ -68,9 +67,18 @@ class OpenAIIngress:
     def __init__(self, plan: AppPlan, handles: dict[str, DeploymentHandle]):
         self.plan = plan
         self.backend = RayBackend(handles)
+        self.admission = Admission()
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.backend, self.plan.deployments, self.plan.api_key)
+        return create_app(self.backend, self.plan.deployments, self.plan.api_key, self.admission)
+
+    async def drain(self) -> int:
+        """Stop admitting requests (503 from now on); return how many are still in flight. Called by aana down."""
+        self.admission.draining = True
+        return self.admission.in_flight
+
+    async def in_flight(self) -> int:
+        return self.admission.in_flight
 
 
 def _runtime_env() -> dict:

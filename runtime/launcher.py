@@ -216,3 +216,75 @@ def shutdown(plan: AppPlan, owned: bool) -> None:
             serve.delete(plan.app_name)
     finally:
         ray.shutdown()
+
+
+class Unreachable(LaunchError):
+    """No Ray cluster answers at the address."""
+
+
+def connect(address: str, auth_mode: str | None = None) -> None:
+    """Join a running cluster as a driver (for status and down); never starts one.
+
+    `auth_mode` is the RAY_AUTH_MODE the cluster's own driver ran with: Ray only sends its token to an explicit
+    address when the mode says so, and new local clusters use tokens by default.
+    """
+    if auth_mode and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = auth_mode  # before `import ray`: Ray reads it when it loads
+    import ray
+
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    try:
+        ray.init(address=address, namespace="aana", logging_level=logging.ERROR, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise Unreachable(f"no Ray cluster answers at {address}: {exc}") from None
+
+
+def auth_mode() -> str | None:
+    """The RAY_AUTH_MODE this driver ended up with (ray.init sets it when it turns token auth on)."""
+    return os.environ.get("RAY_AUTH_MODE")
+
+
+def gcs_address() -> str:
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def app_exists(app_name: str) -> bool:
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    return app is not None and str(getattr(app.status, "value", app.status)) != "DELETING"
+
+
+def drain(app_name: str, timeout_s: float) -> int:
+    """Make the app's ingress refuse new requests, wait up to timeout_s for those in flight; return what is left."""
+    from ray import serve
+    from ray.exceptions import RayError
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        ingress = serve.get_app_handle(app_name)
+        in_flight = ingress.drain.remote().result(timeout_s=10)
+        deadline = time.monotonic() + timeout_s
+        while in_flight > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            in_flight = ingress.in_flight.remote().result(timeout_s=10)
+    except (RayError, RayServeException, TimeoutError) as exc:
+        logging.getLogger("aana").warning("could not drain %s: %s", app_name, exc)
+        return 0
+    return in_flight
+
+
+def delete_app(app_name: str) -> None:
+    from ray import serve
+
+    serve.delete(app_name)
+
+
+def disconnect() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -17,6 +17,7 @@ from runtime.spec import AppSpec, Problem, SpecError
 
 BUNDLED_TEMPLATES = ("llama2", "chatml")
 INGRESS_NUM_CPUS = 0.1
+INGRESS_NAME = "OpenAIIngress"  # the Ray Serve deployment name of the HTTP ingress
 DEFAULT_HEALTH_CHECK_PERIOD_S = 10.0
 
 

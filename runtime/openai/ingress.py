@@ -34,6 +34,22 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "function-after", "function-before"}
 
 
+class Admission:
+    """Counts requests in flight and, once draining, turns new ones away so `aana down` can wait for the rest."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+
+    def enter(self) -> None:
+        if self.draining:
+            raise APIError(503, "the server is shutting down and takes no new requests; retry later", code="draining")
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
 class ModelBackend(Protocol):
     def stream(self, model_id: str, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         """The model's deltas; closing the iterator must stop the generation."""
@@ -42,8 +58,14 @@ class ModelBackend(Protocol):
         """model id -> None when ready, else why not."""
 
 
-def create_app(backend: ModelBackend, deployments: Sequence[DeploymentPlan], api_key: str | None = None) -> FastAPI:
+def create_app(
+    backend: ModelBackend,
+    deployments: Sequence[DeploymentPlan],
+    api_key: str | None = None,
+    admission: Admission | None = None,
+) -> FastAPI:
     app = FastAPI(title="aana", summary="OpenAI-compatible chat completions", docs_url="/docs", redoc_url=None)
+    admission = admission or Admission()
     models = {d.model_id: d for d in deployments}
     created = int(time.time())
     _install_error_handlers(app)
@@ -62,6 +84,19 @@ def create_app(backend: ModelBackend, deployments: Sequence[DeploymentPlan], api
 
     async def chat_completions(request: Request) -> Any:
         authorize(request)
+        admission.enter()
+        try:
+            response = await _complete(request)
+        except BaseException:
+            admission.leave()
+            raise
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _leave_when_done(response.body_iterator, admission)
+        else:
+            admission.leave()
+        return response
+
+    async def _complete(request: Request) -> Any:
         body = await _parse_body(request)
         plan = models.get(body.model)
         if plan is None:
@@ -104,6 +139,14 @@ def create_app(backend: ModelBackend, deployments: Sequence[DeploymentPlan], api
         app.add_api_route(f"{prefix}/models", model_list, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
     return app
+
+
+async def _leave_when_done(events: AsyncIterator[str], admission: Admission) -> AsyncIterator[str]:
+    try:
+        async for event in events:
+            yield event
+    finally:
+        admission.leave()
 
 
 async def _parse_body(request: Request) -> ChatCompletionRequest:

@@ -1,0 +1,96 @@
+"""`aana status` pieces without a cluster: the snapshot shape (validated against the documented schema), exit codes,
+and the rich view at a pinned width."""
+
+import jsonschema
+import pytest
+from rich.console import Console
+
+from aana_cli import console
+from runtime.status import STATUS_SCHEMA, exit_code, snapshot_from
+
+NODES = [{"NodeID": "n1", "NodeManagerAddress": "10.0.0.1", "Alive": True}]
+TOTAL = {"CPU": 2.0, "memory": 16 * 1024**3}
+AVAILABLE = {"CPU": 1.4, "memory": 16 * 1024**3}
+
+
+def _details(app_status="RUNNING", model_status="HEALTHY", message="", replica_state="RUNNING"):
+    return {
+        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "applications": {
+            "tiny-app": {
+                "name": "tiny-app",
+                "route_prefix": "/",
+                "status": app_status,
+                "message": "",
+                "last_deployed_time_s": 1000.0,
+                "deployments": {
+                    "tiny": {"name": "tiny", "status": model_status, "message": message,
+                             "replicas": [{"state": replica_state}]},
+                    "OpenAIIngress": {"name": "OpenAIIngress", "status": "HEALTHY", "message": "",
+                                      "replicas": [{"state": "RUNNING"}]},
+                },  # fmt: skip
+            }
+        },
+    }
+
+
+def test_healthy_snapshot_matches_the_schema_and_exits_0():
+    snapshot = snapshot_from("10.0.0.1:6379", NODES, TOTAL, AVAILABLE, _details(), now=1010.0)
+    jsonschema.validate(snapshot, STATUS_SCHEMA)
+    assert snapshot["healthy"] and exit_code(snapshot) == 0
+    [app] = snapshot["apps"]
+    assert app["endpoint"] == "http://localhost:8000/v1"
+    assert app["models"] == ["tiny"]
+    assert app["deploying_for_s"] is None
+    assert snapshot["cluster"]["resources"]["CPU"] == {"used": pytest.approx(0.6), "total": 2.0}
+    roles = {d["name"]: d["role"] for d in app["deployments"]}
+    assert roles == {"tiny": "model", "OpenAIIngress": "ingress"}
+
+
+def test_deploying_app_says_for_how_long_and_exits_1():
+    details = _details(app_status="DEPLOYING", model_status="UPDATING", replica_state="STARTING")
+    snapshot = snapshot_from("a", NODES, TOTAL, AVAILABLE, details, now=1042.0)
+    jsonschema.validate(snapshot, STATUS_SCHEMA)
+    assert snapshot["apps"][0]["deploying_for_s"] == 42.0
+    assert snapshot["apps"][0]["deployments"][0]["replicas"] == {"STARTING": 1}
+    assert exit_code(snapshot) == 1
+
+
+def test_failed_deployment_keeps_its_message_and_exits_1():
+    details = _details(app_status="DEPLOY_FAILED", model_status="DEPLOY_FAILED", message="boom\nRuntimeError: no such model")
+    snapshot = snapshot_from("a", NODES, TOTAL, AVAILABLE, details, now=1000.0)
+    assert snapshot["apps"][0]["deployments"][0]["message"].endswith("no such model")
+    assert exit_code(snapshot) == 1
+
+
+def test_no_serve_means_nothing_running():
+    snapshot = snapshot_from("a", NODES, TOTAL, AVAILABLE, {}, now=0.0)
+    jsonschema.validate(snapshot, STATUS_SCHEMA)
+    assert snapshot["apps"] == [] and not snapshot["healthy"] and exit_code(snapshot) == 2
+
+
+def test_enum_statuses_become_plain_names():
+    from ray.serve.schema import ApplicationStatus, DeploymentStatus
+
+    details = _details(app_status=ApplicationStatus.RUNNING, model_status=DeploymentStatus.HEALTHY)
+    snapshot = snapshot_from("a", NODES, TOTAL, AVAILABLE, details, now=0.0)
+    assert snapshot["apps"][0]["status"] == "RUNNING"
+    assert snapshot["apps"][0]["deployments"][0]["status"] == "HEALTHY"
+
+
+def test_rich_view_at_a_pinned_width(monkeypatch):
+    pinned = Console(width=100, record=True, color_system=None)
+    monkeypatch.setattr(console, "out", pinned)
+    details = _details(model_status="UNHEALTHY", message="Traceback...\nRuntimeError: engine core died")
+    snapshot = snapshot_from("10.0.0.1:6379", NODES, TOTAL, AVAILABLE, details, now=0.0)
+    snapshot["apps"][0]["requests"] = {
+        "tiny": {"count": 3, "errors": 1, "ttft_ms": {"p50": 12.0, "p95": 30.0}, "latency_ms": {"p50": 90.0, "p95": 150.0}}
+    }
+    jsonschema.validate(snapshot, STATUS_SCHEMA)
+    console.status_view(snapshot)
+    text = pinned.export_text()
+    assert "cluster 10.0.0.1:6379: 1/1 node(s) alive, CPU 0.6/2" in text
+    assert "app tiny-app RUNNING  http://localhost:8000/v1" in text
+    assert "UNHEALTHY" in text and "RuntimeError: engine core died" in text
+    assert "3/1" in text and "12/30" in text and "90/150" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
