@@ -1,0 +1,90 @@
+"""`aana up --detach`, `aana status` and `aana down` from separate processes, as from separate terminals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import jsonschema
+import openai
+import pytest
+
+from e2e.server import aana_command, free_port, run_aana
+from runtime.status import STATUS_SCHEMA
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def state_env(tmp_path, monkeypatch):
+    """Each test gets its own state directory, so records of other runs never interfere."""
+    monkeypatch.setenv("AANA_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path
+
+
+def _status_json():
+    result = run_aana("status", "--json", timeout_s=120)
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_detach_status_down(state_env, tiny_model_dir):
+    spec = state_env / "tiny.toml"
+    spec.write_text(
+        f'name = "life"\n[deployments.tiny]\nengine = "transformers"\nmodel = "{tiny_model_dir}"\nnum_cpus = 0.5\n'
+    )
+    port = free_port()
+    started = run_aana("up", str(spec), "--detach", "--port", str(port), timeout_s=300)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"http://localhost:{port}/v1" in started.stdout and "aana down" in started.stderr
+
+        table = run_aana("status", timeout_s=120)
+        assert table.returncode == 0, table.stdout + table.stderr
+        assert "life" in table.stdout and "RUNNING" in table.stdout and "tiny" in table.stdout
+
+        code, snapshot = _status_json()
+        assert code == 0
+        jsonschema.validate(snapshot, STATUS_SCHEMA)
+        [app] = snapshot["apps"]
+        assert app["models"] == ["tiny"] and app["endpoint"] == f"http://localhost:{port}/v1"
+
+        client = openai.OpenAI(api_key="x", base_url=f"http://127.0.0.1:{port}", max_retries=0)
+        reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+        assert reply.usage.completion_tokens == 3
+    finally:
+        stopped = run_aana("down", timeout_s=180)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "stopped life" in stopped.stdout
+    code, body = _status_json()
+    assert code == 2 and "nothing is running" in body["error"]
+
+
+def test_status_shows_why_a_deployment_fails(state_env):
+    spec = state_env / "broken.toml"
+    spec.write_text(
+        'name = "broken"\n[deployments.ghost]\nengine = "transformers"\nmodel = "aana-tests/no-such-model"\n'
+        "num_cpus = 0.5\nnum_replicas = 2\n"
+    )
+    up = subprocess.Popen(
+        [*aana_command(), "up", str(spec), "--port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        seen = None
+        while time.monotonic() < deadline and up.poll() is None:
+            code, snapshot = _status_json()
+            ghost = [d for a in snapshot.get("apps", []) for d in a["deployments"] if d["name"] == "ghost"]
+            if ghost and ghost[0]["message"]:
+                seen = (code, ghost[0])
+                break
+            time.sleep(1)
+        assert seen is not None, "aana status never showed the failing deployment's message"
+        code, ghost = seen
+        assert code == 1
+        assert "aana-tests/no-such-model" in ghost["message"]
+    finally:
+        up.wait(180)
+    assert up.returncode == 1
+    assert "aana-tests/no-such-model" in up.stderr.read()
