@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from runtime.engines.base import GenerationRequest, StreamError
 from runtime.openai.convert import to_generation_request
 from runtime.openai.errors import APIError
+from runtime.openai.metering import Meter, OnRecord
 from runtime.openai.protocol import ChatCompletionRequest, ModelCard, ModelList
 from runtime.openai.streaming import ChunkWriter, ResponseIds, StreamItem, collect, stream_events
 from runtime.plan import DeploymentPlan
@@ -63,6 +64,7 @@ def create_app(
     deployments: Sequence[DeploymentPlan],
     api_key: str | None = None,
     admission: Admission | None = None,
+    on_record: OnRecord | None = None,
 ) -> FastAPI:
     app = FastAPI(title="aana", summary="OpenAI-compatible chat completions", docs_url="/docs", redoc_url=None)
     admission = admission or Admission()
@@ -85,19 +87,29 @@ def create_app(
     async def chat_completions(request: Request) -> Any:
         authorize(request)
         admission.enter()
+        meter = Meter(on_record)
         try:
-            response = await _complete(request)
+            response = await _complete(request, meter)
+        except APIError as exc:
+            admission.leave()
+            meter.finish(exc.status)
+            raise
         except BaseException:
             admission.leave()
+            meter.finish(500)
             raise
         if isinstance(response, StreamingResponse):
-            response.body_iterator = _leave_when_done(response.body_iterator, admission)
+            response.body_iterator = _when_done(response.body_iterator, admission, meter)
         else:
             admission.leave()
+            meter.finish(response.status_code)
         return response
 
-    async def _complete(request: Request) -> Any:
+    async def _complete(request: Request, meter: Meter) -> Any:
         body = await _parse_body(request)
+        meter.model, meter.stream = body.model, bool(body.stream)
+        if body.stream_options is not None and not body.stream:
+            raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
         plan = models.get(body.model)
         if plan is None:
             raise APIError(
@@ -107,8 +119,9 @@ def create_app(
                 code="model_not_found",
             )
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        meter.request_id = request_id
         generation = to_generation_request(body, request_id, plan.sampling, plan.supports, plan.engine)
-        items = backend.stream(plan.model_id, generation)
+        items = meter.watch(backend.stream(plan.model_id, generation))
         first = await _first_item(items)
         ids = ResponseIds(id=request_id, created=int(time.time()), model=plan.model_id)
         chained = _chain(first, items)
@@ -117,8 +130,6 @@ def create_app(
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = stream_events(chained, ChunkWriter(ids, include_usage))
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS | headers)
-        if body.stream_options is not None:
-            raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
         completion = await collect(chained, ids)
         return JSONResponse(completion.model_dump(), headers=headers)
 
@@ -141,12 +152,13 @@ def create_app(
     return app
 
 
-async def _leave_when_done(events: AsyncIterator[str], admission: Admission) -> AsyncIterator[str]:
+async def _when_done(events: AsyncIterator[str], admission: Admission, meter: Meter) -> AsyncIterator[str]:
     try:
         async for event in events:
             yield event
     finally:
         admission.leave()
+        meter.finish(200)
 
 
 async def _parse_body(request: Request) -> ChatCompletionRequest:

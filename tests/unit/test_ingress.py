@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from runtime.engines.base import Delta, StreamError
-from runtime.openai.ingress import create_app
+from runtime.openai.ingress import Admission, create_app
 from runtime.plan import build_plan
 from runtime.serving import LocalBackend, ModelRunner
 from runtime.spec import parse_spec
@@ -27,14 +27,14 @@ engine = "echo"
 """
 
 
-def _client(api_key=None, backend=None):
+def _client(api_key=None, backend=None, on_record=None, admission=None):
     plan = build_plan(parse_spec(SPEC))
     if backend is None:
         runners = {d.model_id: ModelRunner(d) for d in plan.deployments}
         for runner in runners.values():
             asyncio.run(runner.start())
         backend = LocalBackend(runners)
-    return TestClient(create_app(backend, plan.deployments, api_key=api_key))
+    return TestClient(create_app(backend, plan.deployments, api_key=api_key, admission=admission, on_record=on_record))
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +246,43 @@ def test_api_key_is_required_when_configured():
     )
     assert ok.status_code == 200
     assert client.get("/health").status_code == 200  # health stays open for load balancers
+
+
+def test_every_completion_is_recorded_with_its_numbers():
+    records = []
+    client = _client(on_record=records.append)
+    body = _chat(client, messages=[{"role": "user", "content": "a b c"}]).json()
+    with client.stream("POST", "/v1/chat/completions", json={
+        "model": "echo", "stream": True, "messages": [{"role": "user", "content": "x y"}],
+    }) as response:  # fmt: skip
+        list(response.iter_lines())
+    _chat(client, model="nope")
+    _chat(client, temperature=9)
+    plain, streamed, not_found, invalid = records
+    assert (plain.request_id, plain.model, plain.status_code, plain.finish_reason) == (body["id"], "echo", 200, "stop")
+    assert (plain.prompt_tokens, plain.completion_tokens, plain.stream) == (5, 3, False)
+    assert plain.ttft_ms is not None and plain.latency_ms >= plain.ttft_ms
+    assert (streamed.status_code, streamed.completion_tokens, streamed.stream) == (200, 2, True)
+    assert (not_found.status_code, not_found.model, not_found.completion_tokens) == (404, "nope", 0)
+    assert invalid.status_code == 400
+
+
+def test_a_broken_recorder_never_fails_the_request():
+    def explode(record):
+        raise RuntimeError("database down")
+
+    assert _chat(_client(on_record=explode)).status_code == 200
+
+
+def test_draining_refuses_new_requests_and_counts_streams_in_flight():
+    admission = Admission()
+    client = _client(admission=admission)
+    with client.stream("POST", "/v1/chat/completions", json={
+        "model": "echo", "stream": True, "messages": [{"role": "user", "content": "x y"}],
+    }) as response:  # fmt: skip
+        assert admission.in_flight == 1
+        list(response.iter_lines())
+    assert admission.in_flight == 0
+    admission.draining = True
+    error = _error(_chat(client), 503)
+    assert error["code"] == "draining" and admission.in_flight == 0
