@@ -8,6 +8,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
+
+__all__ = ["escape", "out", "err"]
 from rich.table import Table
 
 from runtime.launcher import Progress

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from aana_cli import console, serve_cmds
-from aana_cli.options import Address, DrainTimeout, Host, Json, Port, SpecPath
+from aana_cli.options import Address, DatabaseUrl, DrainTimeout, Host, Json, Port, SpecPath
 from runtime.engines.registry import ENGINES, missing_packages
 from runtime.plan import AppPlan, build_plan, local_path_problems
 from runtime.spec import SpecError, load_spec
@@ -87,6 +87,8 @@ def up(
     timeout: float = typer.Option(900.0, "--timeout", min=1, help="Seconds to wait for every model to load."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Return once serving; the app keeps running."),
     drain_timeout: DrainTimeout = 30.0,
+    database_url: DatabaseUrl = None,
+    migrate: bool = typer.Option(False, "--migrate", help="Bring the database up to date first (aana migrate)."),
 ) -> None:
     """Deploy the spec on Ray Serve and serve until Ctrl-C (or, with --detach, until `aana down`)."""
     plan = _load(spec).with_server(host, port)
@@ -95,9 +97,11 @@ def up(
         child_args = [str(spec.resolve()), "--timeout", str(timeout), "--drain-timeout", str(drain_timeout)]
         child_args += ["--port", str(plan.port), "--host", plan.host]
         child_args += ["--address", options.address] if options.address else []
+        child_args += ["--database-url", database_url] if database_url else []
+        child_args += ["--migrate"] if migrate else []
         serve_cmds.up_detached(plan, child_args, options)
     else:
-        serve_cmds.up_foreground(plan, options, spec.read_text())
+        serve_cmds.up_foreground(plan, options, spec, database_url, migrate)
 
 
 @app.command()
@@ -111,12 +115,30 @@ def down(
 
 
 @app.command()
-def status(address: Address = None, as_json: Json = False) -> None:
+def migrate(
+    database_url: DatabaseUrl = None,
+    spec: Optional[Path] = typer.Option(None, "--spec", help="Use this spec's database.url.", exists=True, dir_okay=False),
+    to: Optional[str] = typer.Option(None, "--to", help="Go up or down to this revision (e.g. 0002, base, head)."),
+    show_status: bool = typer.Option(False, "--status", help="Show current, newest and pending revisions; exit 1 when behind."),
+    print_sql: bool = typer.Option(False, "--sql", help="Print the SQL instead of running it."),
+) -> None:
+    """Bring the database to the current schema (Alembic). SQLite file by default, PostgreSQL by URL.
+
+    The database is --database-url, else $AANA_DATABASE_URL, else the spec's database.url, else a SQLite file in the
+    user's data directory.
+    """
+    from aana_cli import migrate_cmd
+
+    migrate_cmd.run(database_url, spec, to, show_status, print_sql)
+
+
+@app.command()
+def status(address: Address = None, as_json: Json = False, database_url: DatabaseUrl = None) -> None:
     """Show what runs: cluster, apps, deployments, replicas, errors, endpoint and models.
 
     Exit codes: 0 all healthy, 1 something unhealthy or still deploying, 2 nothing running, 3 cluster unreachable.
     """
-    serve_cmds.status(address, as_json, database_url=None)
+    serve_cmds.status(address, as_json, database_url)
 
 
 if __name__ == "__main__":

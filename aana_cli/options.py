@@ -26,3 +26,11 @@ DrainTimeout = Annotated[
     float,
     typer.Option("--drain-timeout", min=0, help="Seconds to let requests in flight finish when stopping."),
 ]
+DatabaseUrl = Annotated[
+    Optional[str],
+    typer.Option(
+        "--database-url",
+        help="SQLAlchemy URL of the aana database (default: $AANA_DATABASE_URL, the spec's database.url, or a SQLite "
+        "file in the user's data directory).",
+    ),
+]

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import typer
@@ -41,17 +41,41 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def up_foreground(plan: AppPlan, options: UpOptions, spec_text: str) -> None:
+def prepare_database(plan: AppPlan, spec_path: Path, cli_url: str | None, migrate: bool) -> str:
+    """The database URL to use, checked to be at the current schema (or brought there with --migrate)."""
+    from runtime.store import migrate as migrations
+    from runtime.store.errors import StoreError
+
+    url, source = migrations.resolve_database_url(cli_url, plan.database_url)
+    try:
+        if migrate:
+            for revision in migrations.upgrade(url):
+                console.err.print(f"database: applied {revision.rev} ({revision.description})")
+        else:
+            migrations.require_current(url, migrations.migrate_command(url, source, str(spec_path)))
+    except StoreError as exc:
+        fail([str(exc)])
+    return url
+
+
+def up_foreground(plan: AppPlan, options: UpOptions, spec_path: Path, cli_url: str | None, migrate: bool) -> None:
     from runtime import launcher
+    from runtime.store import runs
 
     address = options.address
     problems = launcher.preflight(plan, embedded=address is None) + [str(p) for p in local_path_problems(plan)]
     if problems:
         fail(problems)
+    database_url = prepare_database(plan, spec_path, cli_url, migrate)
     serving = False
+    run_id = None
+    outcome, error = "failed", None
     try:
         with console.err.status("starting Ray" if address is None else f"connecting to Ray at {address}"):
             launcher.start_ray(plan, address)
+        run_id = _record(runs.record_start, database_url, plan.app_name, spec_path.read_text(),
+                         launcher.gcs_address(), plan.base_url)  # fmt: skip
+        plan = replace(plan, database_url=database_url, run_id=run_id)
         # After ray.init, which installs handlers of its own: `kill` and Ctrl-C both stop cleanly, also when the
         # parent shell started us with SIGINT ignored.
         signal.signal(signal.SIGTERM, _interrupt)
@@ -65,18 +89,24 @@ def up_foreground(plan: AppPlan, options: UpOptions, spec_text: str) -> None:
             state.AppRecord(
                 app=plan.app_name, pid=os.getpid(), ray_address=launcher.gcs_address(), base_url=plan.base_url,
                 models=plan.model_ids, started_at=time.time(), owns_ray=address is None,
-                log=os.environ.get("AANA_LOG_FILE"), ray_auth_mode=launcher.auth_mode(),
+                log=os.environ.get("AANA_LOG_FILE"), ray_auth_mode=launcher.auth_mode(), deployment_id=run_id,
+                database_url=database_url,
             )
         )  # fmt: skip
+        if run_id:
+            _record(runs.record_state, database_url, run_id, "running")
         console.ready_banner(plan)
         serving = True
+        outcome = "stopped"
         while launcher.app_exists(plan.app_name):
             time.sleep(APP_WATCH_INTERVAL_S)
         console.err.print(f"app {plan.app_name} was removed from Ray Serve; exiting")
     except LaunchError as exc:
-        fail([str(exc)])
+        error = str(exc)
+        fail([error])
     except KeyboardInterrupt:
         if not serving:
+            outcome, error = "failed", "interrupted before the app was ready"
             console.err.print("interrupted before the app was ready; stopping ...")
             raise typer.Exit(130) from None
         console.err.print(f"stopping: draining requests in flight (up to {options.drain_timeout_s:g} s) ...")
@@ -86,7 +116,20 @@ def up_foreground(plan: AppPlan, options: UpOptions, spec_text: str) -> None:
     finally:
         launcher.shutdown(plan, owned=address is None)
         state.remove(plan.app_name, os.getpid())
+        if run_id:
+            _record(runs.record_stop, database_url, run_id, outcome, error)
         console.err.print("stopped")
+
+
+def _record(write, *args):
+    """Run history is worth keeping but never worth failing a serving app over: warn and go on."""
+    from runtime.store.errors import StoreError
+
+    try:
+        return write(*args)
+    except StoreError as exc:
+        console.warning(f"could not write to the database: {exc}")
+        return None
 
 
 def up_detached(plan: AppPlan, child_args: list[str], options: UpOptions) -> None:
@@ -207,11 +250,45 @@ def status(address: str | None, as_json: bool, database_url: str | None) -> None
         snapshot = read_snapshot(target)
     finally:
         launcher.disconnect()
+    _add_request_stats(snapshot, records, database_url)
     if as_json:
         console.out.print_json(json.dumps(snapshot))
     else:
         console.status_view(snapshot)
     raise typer.Exit(exit_code(snapshot))
+
+
+STATS_WINDOW_S = 3600.0
+
+
+def _add_request_stats(snapshot: dict, records: list[state.AppRecord], cli_url: str | None) -> None:
+    """Per-model request figures of the last hour, from the database the app records into."""
+    from datetime import datetime, timedelta, timezone
+
+    from runtime.store import runs
+    from runtime.store.db import resolve_database_url
+    from runtime.store.errors import StoreError
+
+    by_app = {r.app: r for r in records}
+    since = datetime.now(timezone.utc) - timedelta(seconds=STATS_WINDOW_S)
+    for app in snapshot["apps"]:
+        record = by_app.get(app["name"])
+        url = cli_url or (record.database_url if record else None) or resolve_database_url(None, None)[0]
+        try:
+            stats = runs.request_stats(url, since, record.deployment_id if record else None)
+        except StoreError as exc:
+            console.warning(f"request figures unavailable: {exc}")
+            continue
+        app["requests"] = {
+            s.model: {
+                "count": s.count,
+                "errors": s.errors,
+                "ttft_ms": {"p50": s.ttft_p50_ms, "p95": s.ttft_p95_ms},
+                "latency_ms": {"p50": s.latency_p50_ms, "p95": s.latency_p95_ms},
+            }
+            for s in stats
+            if s.model in app["models"]
+        }
 
 
 def _status_unreachable(message: str, as_json: bool, code: int) -> None:

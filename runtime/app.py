@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import AsyncIterator, Mapping
 
 from ray import serve
@@ -19,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from runtime.deployment import ModelServer
 from runtime.engines.base import GenerationRequest, StreamError
 from runtime.openai.ingress import Admission, create_app
+from runtime.openai.metering import CompletionRecord
 from runtime.openai.streaming import StreamItem
 from runtime.plan import INGRESS_NAME, AppPlan, DeploymentPlan
 
@@ -68,9 +70,33 @@ class OpenAIIngress:
         self.plan = plan
         self.backend = RayBackend(handles)
         self.admission = Admission()
+        self.recorder = None
+        if plan.database_url:
+            from runtime.store.recorder import RequestRecorder
+
+            self.recorder = RequestRecorder(plan.database_url, plan.run_id)
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.backend, self.plan.deployments, self.plan.api_key, self.admission)
+        on_record = self._record if self.recorder else None
+        return create_app(self.backend, self.plan.deployments, self.plan.api_key, self.admission, on_record)
+
+    def _record(self, record: CompletionRecord) -> None:
+        from runtime.store.recorder import RequestRecord
+
+        self.recorder.record(
+            RequestRecord(
+                id=record.request_id or f"rejected-{uuid.uuid4().hex}", model=record.model,
+                status_code=record.status_code, latency_ms=record.latency_ms, prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens, finish_reason=record.finish_reason,
+                ttft_ms=record.ttft_ms, stream=record.stream, created_at=record.created_at,
+                deployment_id=self.plan.run_id,
+            )
+        )  # fmt: skip
+
+    def __del__(self):
+        # Serve calls this on graceful shutdown: write what is still queued.
+        if self.recorder is not None:
+            self.recorder.close(timeout=10)
 
     async def drain(self) -> int:
         """Stop admitting requests (503 from now on); return how many are still in flight. Called by aana down."""

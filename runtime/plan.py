@@ -66,6 +66,7 @@ class AppPlan:
     ray_num_cpus: int | None
     deployments: tuple[DeploymentPlan, ...]
     ingress_num_cpus: float = INGRESS_NUM_CPUS
+    run_id: str | None = None  # this `aana up`'s row in the database's deployments table
 
     @property
     def model_ids(self) -> list[str]:

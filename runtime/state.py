@@ -25,6 +25,7 @@ class AppRecord:
     log: str | None = None  # where a detached `aana up` writes its output
     deployment_id: str | None = None  # the row in the database's deployments table
     ray_auth_mode: str | None = None  # RAY_AUTH_MODE of the owning process, for drivers that join later
+    database_url: str | None = None  # where the app records its requests (the file is private to the user)
 
 
 def state_dir() -> Path:
@@ -48,6 +49,7 @@ def save(record: AppRecord) -> None:
     path = _path(record.app)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)  # it may hold a database password
     tmp.write_text(json.dumps(asdict(record), indent=2))
     tmp.replace(path)
 

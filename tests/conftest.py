@@ -2,10 +2,15 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Every `aana` the tests start records into a throwaway database and state folder, never the user's own.
+_SCRATCH = tempfile.mkdtemp(prefix="aana-tests-")
+os.environ["AANA_DATABASE_URL"] = f"sqlite:///{_SCRATCH}/aana.db"
+os.environ["AANA_STATE_DIR"] = f"{_SCRATCH}/state"
 sys.path.insert(0, str(Path(__file__).parent))
 
 

@@ -42,7 +42,7 @@ class AanaServer:
     def start(self, timeout_s: float = 300) -> AanaServer:
         env = os.environ | {"PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
         self.process = subprocess.Popen(
-            [*aana_command(), "up", str(self.spec), "--port", str(self.port), *self.args],
+            [*aana_command(), "up", str(self.spec), "--port", str(self.port), "--migrate", *self.args],
             stdout=subprocess.PIPE,
             stderr=self.stderr_path.open("w"),
             stdin=subprocess.DEVNULL,

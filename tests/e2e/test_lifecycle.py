@@ -34,7 +34,7 @@ def test_detach_status_down(state_env, tiny_model_dir):
         f'name = "life"\n[deployments.tiny]\nengine = "transformers"\nmodel = "{tiny_model_dir}"\nnum_cpus = 0.5\n'
     )
     port = free_port()
-    started = run_aana("up", str(spec), "--detach", "--port", str(port), timeout_s=300)
+    started = run_aana("up", str(spec), "--detach", "--migrate", "--port", str(port), timeout_s=300)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"http://localhost:{port}/v1" in started.stdout and "aana down" in started.stderr
@@ -52,6 +52,18 @@ def test_detach_status_down(state_env, tiny_model_dir):
         client = openai.OpenAI(api_key="x", base_url=f"http://127.0.0.1:{port}", max_retries=0)
         reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
         assert reply.usage.completion_tokens == 3
+        deadline = time.monotonic() + 20  # the recorder writes in batches, off the request path
+        while True:
+            code, snapshot = _status_json()
+            requests = snapshot["apps"][0]["requests"] or {}
+            if "tiny" in requests or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert code == 0
+        jsonschema.validate(snapshot, STATUS_SCHEMA)
+        assert requests["tiny"]["count"] == 1 and requests["tiny"]["errors"] == 0
+        assert requests["tiny"]["latency_ms"]["p50"] > 0
+        assert "1/0" in run_aana("status", timeout_s=120).stdout
     finally:
         stopped = run_aana("down", timeout_s=180)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -67,7 +79,7 @@ def test_status_shows_why_a_deployment_fails(state_env):
         "num_cpus = 0.5\nnum_replicas = 2\n"
     )
     up = subprocess.Popen(
-        [*aana_command(), "up", str(spec), "--port", str(free_port())],
+        [*aana_command(), "up", str(spec), "--migrate", "--port", str(free_port())],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

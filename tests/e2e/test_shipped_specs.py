@@ -70,7 +70,7 @@ def test_replica_that_fails_to_load_shows_its_error(tmp_path):
     spec = tmp_path / "broken.toml"
     spec.write_text(f'name = "b"\n[deployments.broken]\nengine = "transformers"\nmodel = "{empty}"\nnum_cpus = 0.5\n')
     started = time.monotonic()
-    result = run_aana("up", str(spec), "--port", "18932", "--timeout", "120", timeout_s=180)
+    result = run_aana("up", str(spec), "--migrate", "--port", "18932", "--timeout", "120", timeout_s=180)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "broken" in result.stderr and "not-a-model" in result.stderr
     assert "DEPLOYING" not in result.stderr.splitlines()[-1]

@@ -1,0 +1,90 @@
+"""The tables aana keeps, as typed SQLAlchemy models.
+
+These describe the schema at the newest migration; the migrations in the `migrations` package are what create it,
+and a test checks that the two agree. Change both together: a new column here needs a new revision there.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import DateTime, Dialect, Float, Index, Integer, MetaData, String, Text, TypeDecorator, false
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Explicit constraint and index names, so migrations can refer to them on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def as_utc(value: datetime) -> datetime:
+    """`value` in UTC; a naive datetime is taken to be UTC already."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp stored in UTC and always read back timezone-aware.
+
+    PostgreSQL keeps the zone; SQLite keeps only the wall clock, so both sides are normalised to UTC here and
+    comparisons such as `created_at >= since` mean the same on both.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = as_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime}
+
+
+class Deployment(Base):
+    """One `aana up` run: which spec it served, where, and how it ended."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # uuid4, as text so every database agrees
+    app_name: Mapped[str] = mapped_column(String(200))
+    spec_text: Mapped[str] = mapped_column(Text)
+    spec_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of spec_text
+    ray_address: Mapped[str | None] = mapped_column(String(500))
+    base_url: Mapped[str] = mapped_column(String(500))
+    started_at: Mapped[datetime] = mapped_column()
+    stopped_at: Mapped[datetime | None] = mapped_column()
+    state: Mapped[str] = mapped_column(String(20))  # starting | running | stopped | failed
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Request(Base):
+    """One chat completion as the server answered it: who, how long, how many tokens, how it ended."""
+
+    __tablename__ = "requests"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)  # the chatcmpl-... id the client saw
+    # No foreign key on purpose: the recorder must never lose a batch of requests to a constraint, and requests
+    # served while the deployments row could not be written still belong in the table.
+    deployment_id: Mapped[str | None] = mapped_column(String(36))
+    model: Mapped[str] = mapped_column(String(200))
+    status_code: Mapped[int] = mapped_column(Integer)
+    finish_reason: Mapped[str | None] = mapped_column(String(20))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    stream: Mapped[bool] = mapped_column(server_default=false())
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+    __table_args__ = (Index("ix_requests_deployment_id_created_at", "deployment_id", "created_at"),)

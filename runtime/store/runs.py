@@ -1,0 +1,174 @@
+"""Deployment runs and what `aana status` reads: one row per `aana up`, its state changes, and request statistics.
+
+Each call opens the database, does one short transaction, and closes it: these happen a few times per run, and a
+held connection would outlive a database restart for nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from runtime.store.db import make_engine, mask_url, translated_errors
+from runtime.store.errors import StoreError
+from runtime.store.models import Deployment, Request, as_utc
+
+STATES = ("starting", "running", "stopped", "failed")
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Requests to one model since a time. Percentiles interpolate linearly, like PostgreSQL's percentile_cont."""
+
+    model: str
+    count: int
+    errors: int  # responses with status_code >= 400
+    streamed: int
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_p50_ms: float | None  # None when no request in the window measured a first token
+    ttft_p95_ms: float | None
+    latency_p50_ms: float
+    latency_p95_ms: float
+
+
+def spec_hash(spec_text: str) -> str:
+    """The sha256 hex digest of the spec as written."""
+    return hashlib.sha256(spec_text.encode("utf-8")).hexdigest()
+
+
+def record_start(
+    url: str,
+    app_name: str,
+    spec_text: str,
+    ray_address: str | None,
+    base_url: str,
+    *,
+    state: str = "starting",
+    now: datetime | None = None,
+) -> str:
+    """Add the row for a new `aana up` run and return its id (a uuid4 string)."""
+    _check_state(state)
+    deployment = Deployment(
+        id=str(uuid.uuid4()),
+        app_name=app_name,
+        spec_text=spec_text,
+        spec_hash=spec_hash(spec_text),
+        ray_address=ray_address,
+        base_url=base_url,
+        started_at=now or datetime.now(timezone.utc),
+        state=state,
+    )
+    with _session(url, "write to") as session:
+        session.add(deployment)
+    return deployment.id
+
+
+def record_state(url: str, deployment_id: str, state: str, error: str | None = None) -> None:
+    """Set a run's state (and its error text, for "failed")."""
+    _check_state(state)
+    _update(url, deployment_id, state=state, error=error)
+
+
+def record_stop(
+    url: str, deployment_id: str, state: str = "stopped", error: str | None = None, *, now: datetime | None = None
+) -> None:
+    """Mark a run as ended: its final state and when it stopped."""
+    _check_state(state)
+    _update(url, deployment_id, state=state, error=error, stopped_at=now or datetime.now(timezone.utc))
+
+
+def get_deployment(url: str, deployment_id: str) -> Deployment | None:
+    """The run with this id, or None."""
+    with _session(url, "read") as session:
+        return session.get(Deployment, deployment_id)
+
+
+def recent_deployments(url: str, limit: int = 10, app_name: str | None = None) -> list[Deployment]:
+    """The newest runs first, optionally of one app."""
+    query = select(Deployment).order_by(Deployment.started_at.desc()).limit(limit)
+    if app_name is not None:
+        query = query.where(Deployment.app_name == app_name)
+    with _session(url, "read") as session:
+        return list(session.scalars(query))
+
+
+def request_stats(url: str, since: datetime, deployment_id: str | None = None) -> list[ModelStats]:
+    """Per-model counts, errors, tokens and p50/p95 of time to first token and latency, for requests since `since`.
+
+    Sorted by model name. Percentiles are computed here rather than in SQL so SQLite and PostgreSQL agree.
+    """
+    query = select(
+        Request.model,
+        Request.status_code,
+        Request.stream,
+        Request.prompt_tokens,
+        Request.completion_tokens,
+        Request.ttft_ms,
+        Request.latency_ms,
+    ).where(Request.created_at >= as_utc(since))
+    if deployment_id is not None:
+        query = query.where(Request.deployment_id == deployment_id)
+    by_model: dict[str, list] = {}
+    with _session(url, "read") as session:
+        for row in session.execute(query):
+            by_model.setdefault(row.model, []).append(row)
+    return [_model_stats(model, rows) for model, rows in sorted(by_model.items())]
+
+
+def _model_stats(model: str, rows: list) -> ModelStats:
+    ttfts = sorted(row.ttft_ms for row in rows if row.ttft_ms is not None)
+    latencies = sorted(row.latency_ms for row in rows)
+    return ModelStats(
+        model=model,
+        count=len(rows),
+        errors=sum(1 for row in rows if row.status_code >= 400),
+        streamed=sum(1 for row in rows if row.stream),
+        prompt_tokens=sum(row.prompt_tokens for row in rows),
+        completion_tokens=sum(row.completion_tokens for row in rows),
+        ttft_p50_ms=percentile(ttfts, 0.5),
+        ttft_p95_ms=percentile(ttfts, 0.95),
+        latency_p50_ms=percentile(latencies, 0.5),
+        latency_p95_ms=percentile(latencies, 0.95),
+    )
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """The q-quantile of already sorted values by linear interpolation between closest ranks; None when empty."""
+    if not sorted_values:
+        return None
+    position = (len(sorted_values) - 1) * q
+    low, high = math.floor(position), math.ceil(position)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def _update(url: str, deployment_id: str, **values) -> None:
+    with _session(url, "write to") as session:
+        result = session.execute(update(Deployment).where(Deployment.id == deployment_id).values(**values))
+        if result.rowcount == 0:
+            raise StoreError(f"no deployment {deployment_id!r} in the database at {mask_url(url)}")
+
+
+def _check_state(state: str) -> None:
+    if state not in STATES:
+        raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
+
+
+@contextmanager
+def _session(url: str, doing: str) -> Iterator[Session]:
+    engine = make_engine(url, pool=False)
+    try:
+        with translated_errors(url, "connect to"):
+            conn = engine.connect()
+        with conn, translated_errors(url, doing), Session(conn, expire_on_commit=False) as session, session.begin():
+            yield session
+    finally:
+        engine.dispose()

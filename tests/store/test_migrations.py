@@ -1,0 +1,254 @@
+"""The migrations on SQLite and PostgreSQL: from empty to head, down and up, across data, and against the models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, insert, select, text
+
+from runtime.store import migrate
+from runtime.store.db import parse_url
+from runtime.store.errors import SchemaError, StoreError
+from runtime.store.migrate import Revision
+from runtime.store.models import Base, Request
+
+ALL = [
+    Revision("0001", "Create deployments"),
+    Revision("0002", "Create requests"),
+    Revision("0003", "Add requests.stream and a per-deployment index"),
+]
+
+
+def engine_for(url):
+    return create_engine(parse_url(url))
+
+
+def tables(url) -> set[str]:
+    engine = engine_for(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def version_rows(url) -> list[str]:
+    engine = engine_for(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.scalars(text("SELECT version_num FROM alembic_version")))
+    finally:
+        engine.dispose()
+
+
+def test_revisions_are_linear_and_named_by_intent():
+    assert migrate.revisions() == ALL
+
+
+def test_upgrade_from_empty_to_head(database_url):
+    assert migrate.upgrade(database_url) == ALL
+
+    assert tables(database_url) == {"alembic_version", "deployments", "requests"}
+    assert version_rows(database_url) == ["0003"]
+    assert migrate.upgrade(database_url) == []
+
+
+def test_down_to_base_and_up_again(database_url):
+    migrate.upgrade(database_url)
+
+    down = migrate.migrate_to(database_url, "base")
+    assert (down.direction, down.revisions, down.current) == ("down", list(reversed(ALL)), None)
+    assert tables(database_url) == {"alembic_version"}
+    assert version_rows(database_url) == []
+
+    up = migrate.migrate_to(database_url, "head")
+    assert (up.direction, up.revisions, up.current) == ("up", ALL, "0003")
+    assert tables(database_url) == {"alembic_version", "deployments", "requests"}
+
+
+def test_rows_written_at_head_survive_a_round_trip_through_0003(database_url):
+    migrate.upgrade(database_url)
+    created = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    rows = [
+        dict(
+            id=f"chatcmpl-{i}",
+            deployment_id="d1",
+            model="smollm2",
+            status_code=200 if i % 2 else 500,
+            finish_reason="stop",
+            prompt_tokens=10 + i,
+            completion_tokens=20 + i,
+            ttft_ms=1.5 * i,
+            latency_ms=10.0 * i,
+            stream=True,
+            created_at=created,
+        )
+        for i in range(5)
+    ]
+    engine = engine_for(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(Request), rows)
+
+        assert migrate.migrate_to(database_url, "0002").revisions == [ALL[2]]
+        assert "stream" not in {c["name"] for c in inspect(engine).get_columns("requests")}
+        assert migrate.migrate_to(database_url, "head").revisions == [ALL[2]]
+
+        with engine.connect() as conn:
+            back = [row._asdict() for row in conn.execute(select(Request.__table__).order_by(Request.id))]
+    finally:
+        engine.dispose()
+    # Everything survives; the stream flag, which 0002 cannot hold, comes back as the column's default.
+    assert back == [{**row, "stream": False} for row in rows]
+
+
+def test_models_match_the_migrated_schema(database_url):
+    migrate.upgrade(database_url)
+    engine = engine_for(database_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}
+            )
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_status_pending_then_current(database_url):
+    before = migrate.status(database_url)
+    assert (before.current, before.head, before.applied, before.pending) == (None, "0003", [], ALL)
+    assert not before.is_current
+
+    migrate.upgrade(database_url, to="0001")
+    middle = migrate.status(database_url)
+    assert (middle.current, middle.applied, middle.pending) == ("0001", ALL[:1], ALL[1:])
+
+    migrate.upgrade(database_url)
+    after = migrate.status(database_url)
+    assert (after.current, after.applied, after.pending, after.is_current) == ("0003", ALL, [], True)
+
+
+def test_require_current_names_the_command(database_url):
+    migrate.upgrade(database_url, to="0002")
+    with pytest.raises(SchemaError) as raised:
+        migrate.require_current(database_url, command="aana migrate --database-url URL")
+    message = str(raised.value)
+    assert "is at revision 0002" in message
+    assert "0003 (Add requests.stream and a per-deployment index)" in message
+    assert message.endswith("Run `aana migrate --database-url URL`")
+
+    migrate.upgrade(database_url)
+    assert migrate.require_current(database_url).is_current
+
+
+def test_require_current_on_an_empty_database(database_url):
+    expected = r"has no aana tables yet \(3 migrations pending: 0001 .*\)\. Run `aana migrate`$"
+    with pytest.raises(SchemaError, match=expected):
+        migrate.require_current(database_url)
+
+
+def test_a_database_newer_than_the_code(database_url):
+    migrate.upgrade(database_url)
+    engine = engine_for(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    finally:
+        engine.dispose()
+    expected = (
+        r"the database at .* is at revision 0099, which this version of aana does not know \(its newest is 0003\); "
+        r"upgrade aana or point at another database"
+    )
+    for call in (migrate.status, migrate.upgrade, migrate.require_current, lambda url: migrate.migrate_to(url, "0001")):
+        with pytest.raises(SchemaError, match=expected):
+            call(database_url)
+
+
+def test_an_unknown_target_lists_the_valid_revisions(database_url):
+    with pytest.raises(StoreError) as raised:
+        migrate.migrate_to(database_url, "0042")
+    assert str(raised.value) == (
+        "unknown revision '0042'; valid revisions: base, 0001 (Create deployments), 0002 (Create requests), "
+        "0003 (Add requests.stream and a per-deployment index), head"
+    )
+    assert tables(database_url) == set()
+
+
+def test_upgrade_refuses_to_go_down(database_url):
+    migrate.upgrade(database_url)
+    with pytest.raises(StoreError, match=r"is at revision 0003, past 0001; going down is `aana migrate --to 0001`"):
+        migrate.upgrade(database_url, to="0001")
+    assert version_rows(database_url) == ["0003"]
+
+
+def test_migrate_to_the_current_revision_does_nothing(database_url):
+    migrate.upgrade(database_url, to="0002")
+    assert migrate.migrate_to(database_url, "0002") == migrate.MigrationResult("none", [], "0002")
+
+
+@pytest.mark.parametrize(
+    "url, create",
+    [
+        ("sqlite:///unused.db", "CREATE TABLE deployments"),
+        ("postgresql://u:pw@db.invalid/aana", "CREATE TABLE requests"),
+    ],
+)
+def test_sql_writes_the_upgrade_without_a_server(url, create):
+    text_ = migrate.sql(url)
+    assert create in text_
+    assert "ALTER TABLE requests ADD COLUMN stream BOOLEAN" in text_
+    assert text_.rstrip().endswith("COMMIT;")
+    assert "UPDATE alembic_version SET version_num='0003'" in text_
+
+
+def test_sql_for_a_range_and_for_going_down():
+    assert "CREATE TABLE" not in migrate.sql("sqlite://", to="head", start="0002")
+    assert "ADD COLUMN stream" in migrate.sql("sqlite://", to="head", start="0002")
+    down = migrate.sql("postgresql://u:pw@db.invalid/aana", to="base")
+    assert "DROP TABLE requests" in down and "DROP TABLE deployments" in down
+
+
+def test_the_sql_runs(database_url):
+    """What `--sql` prints is what a person would run by hand: it must build the same schema."""
+    script = migrate.sql(database_url)
+    engine = engine_for(database_url)
+    try:
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            if engine.dialect.name == "sqlite":
+                cursor.executescript(script)
+            else:
+                cursor.execute(script)
+            raw.commit()
+        finally:
+            raw.close()
+    finally:
+        engine.dispose()
+    assert migrate.status(database_url).is_current
+    assert tables(database_url) == {"alembic_version", "deployments", "requests"}
+
+
+def test_migrate_command_matches_where_the_url_came_from():
+    url = "postgresql://aana:s3cret@db:5432/aana"
+    assert migrate.migrate_command(url, "--database-url") == (
+        "aana migrate --database-url 'postgresql://aana:***@db:5432/aana'"
+    )
+    assert migrate.migrate_command(url, "AANA_DATABASE_URL") == "aana migrate"
+    from_spec = migrate.migrate_command(url, "spec database.url", spec_path="specs/app.toml")
+    assert from_spec == "aana migrate --spec specs/app.toml"
+    assert migrate.migrate_command(url, "default") == "aana migrate"
+
+
+def test_the_store_imports_no_server_or_cli_library():
+    code = (
+        "import sys, runtime.store.migrate, runtime.store.recorder, runtime.store.runs; "
+        "print(sorted(m for m in ('ray', 'fastapi', 'typer', 'rich', 'torch') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
