@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from runtime.deployment import ModelServer
 from runtime.engines.base import GenerationRequest, StreamError
-from runtime.openai.ingress import Admission, create_app
+from runtime.openai.ingress import Admission, ModelHealth, create_app
 from runtime.openai.metering import CompletionRecord
 from runtime.openai.streaming import StreamItem
 from runtime.plan import INGRESS_NAME, AppPlan, DeploymentPlan
@@ -50,15 +50,15 @@ class RayBackend:
             if not finished:
                 responses.cancel()  # the client went away: stop the replica's generation too
 
-    async def health(self) -> dict[str, str | None]:
-        async def ping(name: str, handle: DeploymentHandle) -> str | None:
+    async def health(self) -> dict[str, ModelHealth]:
+        async def ping(name: str, handle: DeploymentHandle) -> ModelHealth:
             try:
-                await asyncio.wait_for(handle.ready.remote(), HEALTH_PING_TIMEOUT_S)
+                load = await asyncio.wait_for(handle.ready.remote(), HEALTH_PING_TIMEOUT_S)
             except asyncio.TimeoutError:
-                return f"no replica answered within {HEALTH_PING_TIMEOUT_S:.0f} s"
+                return ModelHealth(problem=f"no replica answered within {HEALTH_PING_TIMEOUT_S:.0f} s")
             except (RayError, RayServeException) as exc:
-                return f"{type(exc).__name__}: {exc}"
-            return None
+                return ModelHealth(problem=f"{type(exc).__name__}: {exc}")
+            return ModelHealth(load=load or {})
 
         results = await asyncio.gather(*(ping(n, h) for n, h in self.pings.items()))
         return dict(zip(self.pings, results))

@@ -22,8 +22,9 @@ class ModelServer:
         async for item in self.runner.stream(request):
             yield item
 
-    async def ready(self) -> None:
-        """Answers once the replica is up; the ingress's /health pings it."""
+    async def ready(self) -> dict[str, int]:
+        """Answers once the replica is up, with the engine's load; the ingress's /health pings it."""
+        return self.runner.engine.load()
 
     async def check_health(self) -> None:
         # Ray calls this periodically; raising marks the replica unhealthy and Ray replaces it.

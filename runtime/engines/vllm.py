@@ -137,6 +137,9 @@ class VLLMEngine(Engine):
     def max_model_len(self) -> int | None:
         return self._max_model_len
 
+    def load(self) -> dict[str, int]:
+        return {"running": self.running_requests(), "pending": self.pending_requests()}
+
     def running_requests(self) -> int:
         """Requests this replica's vLLM engine core is running or queueing, as of its latest report.
 

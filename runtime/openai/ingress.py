@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -51,12 +52,18 @@ class Admission:
         self.in_flight -= 1
 
 
+@dataclass(frozen=True)
+class ModelHealth:
+    problem: str | None = None  # None: ready
+    load: dict[str, int] = field(default_factory=dict)
+
+
 class ModelBackend(Protocol):
     def stream(self, model_id: str, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         """The model's deltas; closing the iterator must stop the generation."""
 
-    async def health(self) -> dict[str, str | None]:
-        """model id -> None when ready, else why not."""
+    async def health(self) -> dict[str, ModelHealth]:
+        """model id -> whether it answers, and its load."""
 
 
 def create_app(
@@ -134,16 +141,16 @@ def create_app(
         return JSONResponse(completion.model_dump(), headers=headers)
 
     async def health() -> JSONResponse:
-        problems = await backend.health()
-        failing = {k: v for k, v in problems.items() if v}
+        answers = await backend.health()
+        models = {
+            name: {"status": "unavailable", "reason": h.problem} if h.problem else {"status": "ready", **h.load}
+            for name, h in answers.items()
+        }
+        failing = {name: h.problem for name, h in answers.items() if h.problem}
         if not failing:
-            return JSONResponse({"status": "ok", "models": {k: "ready" for k in problems}})
-        reason = "; ".join(f"{k}: {v}" for k, v in failing.items())
-        error = APIError(503, f"not ready: {reason}")
-        return JSONResponse(
-            {"status": "unavailable", "models": {k: v or "ready" for k, v in problems.items()}} | error.body(),
-            status_code=503,
-        )
+            return JSONResponse({"status": "ok", "models": models})
+        error = APIError(503, "not ready: " + "; ".join(f"{k}: {v}" for k, v in failing.items()))
+        return JSONResponse({"status": "unavailable", "models": models} | error.body(), status_code=503)
 
     for prefix in ("/v1", ""):
         app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])

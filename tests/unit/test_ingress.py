@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from runtime.engines.base import Delta, StreamError
-from runtime.openai.ingress import Admission, create_app
+from runtime.openai.ingress import Admission, ModelHealth, create_app
 from runtime.plan import build_plan
 from runtime.serving import LocalBackend, ModelRunner
 from runtime.spec import parse_spec
@@ -175,7 +175,7 @@ def test_wrong_path_and_method_use_the_envelope(client):
 def test_health_is_ok_when_every_model_is_ready(client):
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "models": {"echo": "ready", "other": "ready"}}
+    assert response.json() == {"status": "ok", "models": {"echo": {"status": "ready"}, "other": {"status": "ready"}}}
 
 
 class _Backend:
@@ -194,7 +194,7 @@ class _Backend:
             self.closed += 1
 
     async def health(self):
-        return {"echo": self._health.get("echo"), "other": None}
+        return {"echo": ModelHealth(problem=self._health.get("echo")), "other": ModelHealth(load={"running": 2})}
 
 
 def test_error_before_first_token_is_a_real_status():
@@ -231,7 +231,10 @@ def test_health_is_503_with_the_reason():
     response = client.get("/health")
     assert response.status_code == 503
     body = response.json()
-    assert body["models"] == {"echo": "no replica answered within 3 s", "other": "ready"}
+    assert body["models"] == {
+        "echo": {"status": "unavailable", "reason": "no replica answered within 3 s"},
+        "other": {"status": "ready", "running": 2},
+    }
     assert "echo: no replica answered" in body["error"]["message"]
 
 
