@@ -322,7 +322,7 @@ def test_vllm_options():
         "quantization": "awq",
         "gpu_memory_reserved": None,
         "gpu_memory_utilization": 0.9,
-        "enforce_eager": False,
+        "enforce_eager": None,
         "tensor_parallel_size": 1,
         "kv_cache_space_gb": 2.0,
     }

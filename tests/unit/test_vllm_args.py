@@ -84,11 +84,12 @@ def test_defaults_leave_vllm_its_own():
 
 
 def test_enforce_eager_left_to_the_engine_is_eager_on_cpu_only():
-    dep = vllm_plan()
-    undecided = replace(dep, options={**dep.options, "enforce_eager": None})
+    undecided = vllm_plan()
+    assert undecided.options["enforce_eager"] is None  # the spec's default
     assert engine_args(undecided, "m", None, gpu_total_mb=None)["enforce_eager"] is True
     assert engine_args(undecided, "m", None, gpu_total_mb=24000)["enforce_eager"] is False
-    assert engine_args(dep, "m", None, gpu_total_mb=None)["enforce_eager"] is False  # the spec's explicit value
+    compiled = vllm_plan("enforce_eager = false\n")
+    assert engine_args(compiled, "m", None, gpu_total_mb=None)["enforce_eager"] is False  # the spec's explicit value
 
 
 def test_revision_is_dropped_for_a_local_folder_as_resolve_weights_does(tmp_path):
