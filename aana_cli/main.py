@@ -49,6 +49,12 @@ def validate(spec: SpecPath, as_json: Json = False) -> None:
             )
     for problem in local_path_problems(plan):
         console.warning(str(problem))
+    from runtime.launcher import engine_arg_problems
+
+    if problems := engine_arg_problems(plan):
+        for problem in problems:
+            console.error(problem)
+        raise typer.Exit(1)
     if as_json:
         console.out.print_json(json.dumps(_plan_json(plan), default=str))
     else:

@@ -43,7 +43,7 @@ class Progress:
 
 def preflight(plan: AppPlan, embedded: bool) -> list[str]:
     """Problems that need no Ray to find: missing engine packages, missing GPUs on this machine, a busy port."""
-    problems = []
+    problems = engine_arg_problems(plan)
     for d in plan.deployments:
         missing = missing_packages(d.engine)
         if missing:
@@ -59,6 +59,23 @@ def preflight(plan: AppPlan, embedded: bool) -> list[str]:
                 f"port {plan.port} on {plan.host} is already in use; stop what uses it or pass --port (or set "
                 "server.port in the spec)"
             )
+    return problems
+
+
+def engine_arg_problems(plan: AppPlan) -> list[str]:
+    """Pass-through `engine_args` checked against the engine's own argument names, where the engine is installed."""
+    problems = []
+    for d in plan.deployments:
+        if d.engine != "vllm" or not d.engine_args or missing_packages("vllm"):
+            continue
+        import dataclasses
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        from runtime.engines.vllm_args import unknown_engine_args
+
+        valid = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+        problems += [f"deployments.{d.model_id}.{m}" for m in unknown_engine_args(d.engine_args, valid)]
     return problems
 
 

@@ -176,8 +176,11 @@ def test_json_of_an_invalid_spec_prints_nothing_on_stdout(runner, in_tmp):
     assert "  deployments: missing required key 'deployments'" in result.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
-def test_missing_engine_package_warns_and_exits_0(runner):
+def test_missing_engine_package_warns_and_exits_0(runner, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a)
+    )  # as on a machine without vllm, also where it is installed
     result = runner.invoke(app, ["validate", str(REPO / "specs" / "llama2.toml")])
     assert result.exit_code == 0, result.output
     [warning] = result.stderr.splitlines()
@@ -224,3 +227,13 @@ def test_json_with_a_toml_date_in_engine_args_does_not_crash(runner, in_tmp):
     no_traceback(result)
     if result.exit_code == 0:
         json.loads(result.stdout)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="checks names against the installed vllm")
+def test_unknown_vllm_engine_arg_is_an_error_naming_the_nearest(runner, in_tmp):
+    write(in_tmp, 'name = "demo"\n[deployments.llm]\nengine = "vllm"\nmodel = "org/m"\n'
+                  "[deployments.llm.engine_args]\nmax_num_seq = 8\n")  # fmt: skip
+    result = runner.invoke(app, ["validate", "spec.toml"])
+    assert result.exit_code == 1
+    assert "deployments.llm.engine_args.max_num_seq is not a vLLM engine argument" in result.stderr
+    assert "max_num_seqs" in result.stderr
