@@ -31,6 +31,9 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # generate max_tokens even past end-of-sequence (benchmarks)
+    n: int = 1  # choices to generate for the one prompt
+    # None: no logprobs; 0: the chosen token's logprob only; k: also the k most likely tokens at each position.
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,40 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    """One of the most likely tokens at a position. `bytes` is the token's UTF-8 encoding (None when unknown)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The chosen token at one position, and the most likely tokens there (most likely first)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class Delta:
-    """New text since the previous delta. Counts are running totals for the request."""
+    """New text of one choice since that choice's previous delta.
+
+    `prompt_tokens` is the prompt's length (shared by every choice, counted once); `completion_tokens` is the running
+    total of choice `index`. Every choice's last delta has a finish_reason. `logprobs` has one entry per token
+    generated since the previous delta, when logprobs were asked for (a delta may carry them and no text, when the
+    text of those tokens is still held back).
+    """
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason | None = None
+    index: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,7 +134,9 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        """Yield deltas; the last has a finish_reason. Closing the iterator early must stop the generation."""
+        """Yield deltas of every choice (interleaved, in any order across choices); each choice's last delta has a
+        finish_reason and the iterator ends once every choice has finished. Closing it early must stop the
+        generation."""
 
     async def check_health(self) -> None:
         """Raise when the engine can no longer serve; Ray then replaces the replica."""

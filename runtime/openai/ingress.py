@@ -128,16 +128,18 @@ def create_app(
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         meter.request_id = request_id
         generation = to_generation_request(body, request_id, plan.sampling, plan.supports, plan.engine)
+        meter.choices = generation.params.n
         items = meter.watch(backend.stream(plan.model_id, generation))
         first = await _first_item(items)
         ids = ResponseIds(id=request_id, created=int(time.time()), model=plan.model_id)
         chained = _chain(first, items)
         headers = {"x-request-id": request_id}
+        n, logprobs = generation.params.n, generation.params.logprobs is not None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = stream_events(chained, ChunkWriter(ids, include_usage))
+            events = stream_events(chained, ChunkWriter(ids, include_usage, logprobs), n)
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS | headers)
-        completion = await collect(chained, ids)
+        completion = await collect(chained, ids, n, logprobs)
         return JSONResponse(completion.model_dump(), headers=headers)
 
     async def health() -> JSONResponse:

@@ -1,8 +1,9 @@
 """What one chat completion cost and how it ended, measured at the ingress, for whoever keeps the records.
 
 A `Meter` watches the engine items of one request on their way to the client: the first text (time to first token),
-the last delta (finish reason, token counts) and in-band errors. The ingress hands the finished `CompletionRecord` to
-an optional callback; it never waits on it, so storage can never slow or fail a request.
+each choice's last delta (finish reasons; token counts, summed over the choices as the usage is) and in-band errors.
+The ingress hands the finished `CompletionRecord` to an optional callback; it never waits on it, so storage can
+never slow or fail a request.
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ class Meter:
         self.request_id = ""
         self.model = ""
         self.stream = False
+        self.choices = 1  # the request's n, once known
         self.ttft_ms: float | None = None
-        self.last: Delta | None = None
+        self.prompt_tokens: int | None = None  # None until the first delta
+        self.completion_tokens: dict[int, int] = {}  # choice index -> its running total
+        self.finish_reasons: dict[int, str] = {}  # choice index -> how it ended
         self.error: StreamError | None = None
 
     async def watch(self, items: AsyncIterator[Delta | StreamError]) -> AsyncIterator[Delta | StreamError]:
@@ -52,25 +56,38 @@ class Meter:
             if isinstance(item, StreamError):
                 self.error = item
             else:
-                if self.ttft_ms is None and item.text:
-                    self.ttft_ms = (time.perf_counter() - self.started) * 1000
-                self.last = item
+                self._observe(item)
             yield item
+
+    def _observe(self, delta: Delta) -> None:
+        if self.ttft_ms is None and delta.text:
+            self.ttft_ms = (time.perf_counter() - self.started) * 1000
+        self.prompt_tokens = delta.prompt_tokens
+        if delta.index not in self.finish_reasons:  # the streaming layer ignores anything after a choice's end
+            self.completion_tokens[delta.index] = delta.completion_tokens
+            if delta.finish_reason is not None:
+                self.finish_reasons[delta.index] = delta.finish_reason
+
+    def _finish_reason(self, status_code: int) -> str | None:
+        """The record's one finish reason: choice 0's, "error", or "abort" for a client that left before the end."""
+        if self.error:
+            return "error"
+        if self.prompt_tokens is None:
+            return None
+        if len(self.finish_reasons) >= self.choices:
+            return self.finish_reasons.get(0)
+        return "abort" if status_code == 200 else None
 
     def finish(self, status_code: int) -> None:
         if self.on_record is None:
             return
-        last = self.last
-        finish = "error" if self.error else (last.finish_reason if last else None)
-        if status_code == 200 and last is not None and last.finish_reason is None and not self.error:
-            finish = "abort"  # the client went away before the end
         record = CompletionRecord(
             request_id=self.request_id,
             model=self.model,
             status_code=status_code,
-            finish_reason=finish,
-            prompt_tokens=last.prompt_tokens if last else 0,
-            completion_tokens=last.completion_tokens if last else 0,
+            finish_reason=self._finish_reason(status_code),
+            prompt_tokens=self.prompt_tokens or 0,
+            completion_tokens=sum(self.completion_tokens.values()),  # every choice's tokens, as in the usage
             ttft_ms=self.ttft_ms,
             latency_ms=(time.perf_counter() - self.started) * 1000,
             stream=self.stream,

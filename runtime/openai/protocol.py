@@ -40,7 +40,7 @@ class ChatCompletionRequest(_Wire):
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1)
     metadata: dict[str, str] | None = None
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=128)  # OpenAI's limit
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     response_format: dict[str, Any] | None = None
     seed: int | None = None
@@ -79,10 +79,29 @@ class ResponseMessage(BaseModel):
     content: str | None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatCompletionTokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """A choice's logprobs: one entry per token. OpenAI also sends `refusal`; vLLM, followed here, does not."""
+
+    content: list[ChatCompletionTokenLogprob] | None
+
+
 class Choice(BaseModel):
     index: int
     message: ResponseMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None
 
 
@@ -103,7 +122,7 @@ class DeltaMessage(BaseModel):
 class ChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -1,31 +1,37 @@
 """Engine deltas -> OpenAI chat responses: the Server-Sent Events sequence and the non-streaming aggregate.
 
-The stream follows vLLM's order: one id and `created` for the whole stream; a first chunk with the assistant role;
-content chunks; a chunk with `finish_reason`; with `include_usage` a last chunk with `choices: []` and the usage (and
-`usage: null` on every other chunk, as OpenAI sends); on a failure an error event; always `data: [DONE]`.
-Pure: no FastAPI, no Ray.
+The stream follows vLLM's order: one id and `created` for the whole stream; first a chunk with the assistant role
+for each choice; content chunks, each naming its choice `index` (choices interleave as the engine produces them);
+for each choice a chunk with its `finish_reason`; with `include_usage` a last chunk with `choices: []` and the usage
+summed over the choices (and `usage: null` on every other chunk, as OpenAI sends); on a failure, or a stream that
+ends before every choice finished, an error event; always one `data: [DONE]`. Pure: no FastAPI, no Ray.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 
-from runtime.engines.base import Delta, StreamError
+from runtime.engines.base import Delta, StreamError, TokenLogprob
 from runtime.openai.errors import APIError
 from runtime.openai.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
+    ChatCompletionTokenLogprob,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     DeltaMessage,
     ResponseMessage,
+    TopLogprob,
     Usage,
 )
 
 DONE = "data: [DONE]\n\n"
 StreamItem = Delta | StreamError
+# JSON has no -inf: vLLM's server (and OpenAI) send this for a token the model considers impossible.
+MIN_LOGPROB = -9999.0
 
 
 def sse(payload: str) -> str:
@@ -42,9 +48,13 @@ class ResponseIds:
 
 
 class ChunkWriter:
-    def __init__(self, ids: ResponseIds, include_usage: bool):
+    """Chunk text for one response. `logprobs`: whether the client asked for them (then content chunks carry a
+    logprobs object, else null)."""
+
+    def __init__(self, ids: ResponseIds, include_usage: bool, logprobs: bool = False):
         self.ids = ids
         self.include_usage = include_usage
+        self.logprobs = logprobs
 
     def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> str:
         chunk = ChatCompletionChunk(
@@ -55,14 +65,15 @@ class ChunkWriter:
             choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
         return sse(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
-    def role(self) -> str:
-        return self._chunk([ChunkChoice(index=0, delta=DeltaMessage(role="assistant", content=""))])
+    def role(self, index: int = 0) -> str:
+        return self._chunk([ChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
 
-    def content(self, text: str) -> str:
-        return self._chunk([ChunkChoice(index=0, delta=DeltaMessage(content=text))])
+    def content(self, text: str, index: int = 0, logprobs: Sequence[TokenLogprob] = ()) -> str:
+        wire = choice_logprobs(logprobs) if self.logprobs else None
+        return self._chunk([ChunkChoice(index=index, delta=DeltaMessage(content=text), logprobs=wire)])
 
-    def finish(self, reason: str) -> str:
-        return self._chunk([ChunkChoice(index=0, delta=DeltaMessage(), finish_reason=reason)])
+    def finish(self, reason: str, index: int = 0) -> str:
+        return self._chunk([ChunkChoice(index=index, delta=DeltaMessage(), finish_reason=reason)])
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> str:
         return self._chunk([], _usage(prompt_tokens, completion_tokens))
@@ -72,52 +83,115 @@ def error_event(error: APIError) -> str:
     return sse(json.dumps(error.body(), ensure_ascii=False, separators=(",", ":")))
 
 
-async def stream_events(items: AsyncIterator[StreamItem], writer: ChunkWriter) -> AsyncIterator[str]:
-    """The SSE text of one response. `items` may start with an item the caller already read."""
-    yield writer.role()
-    last: Delta | None = None
+@dataclass
+class _ChoiceState:
+    """What one choice has produced so far."""
+
+    parts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+
+class _Tally:
+    """Per-choice progress of one response; deltas of a choice that already finished are ignored."""
+
+    def __init__(self, n: int):
+        self.choices = [_ChoiceState() for _ in range(n)]
+        self.prompt_tokens = 0
+
+    def add(self, delta: Delta) -> bool:
+        """Record a delta; False when its choice had already finished (nothing of it may be sent)."""
+        state = self.choices[delta.index]
+        if state.finish_reason is not None:
+            return False
+        state.parts.append(delta.text)
+        state.logprobs.extend(delta.logprobs)
+        state.completion_tokens = delta.completion_tokens
+        state.finish_reason = delta.finish_reason
+        self.prompt_tokens = delta.prompt_tokens
+        return True
+
+    @property
+    def finished(self) -> bool:
+        return all(state.finish_reason is not None for state in self.choices)
+
+    def usage(self) -> Usage:
+        return _usage(self.prompt_tokens, sum(state.completion_tokens for state in self.choices))
+
+
+async def stream_events(items: AsyncIterator[StreamItem], writer: ChunkWriter, n: int = 1) -> AsyncIterator[str]:
+    """The SSE text of one response with `n` choices. `items` may start with an item the caller already read."""
+    for index in range(n):
+        yield writer.role(index)
+    tally = _Tally(n)
     async for item in items:
         if isinstance(item, StreamError):
             yield error_event(APIError.from_stream_error(item))
             yield DONE
             return
-        last = item
-        if item.text:
-            yield writer.content(item.text)
+        if not tally.add(item):
+            continue
+        if item.text or item.logprobs:
+            yield writer.content(item.text, item.index, item.logprobs)
         if item.finish_reason:
-            yield writer.finish(item.finish_reason)
-            break
-    if last is None or last.finish_reason is None:
-        yield error_event(APIError(500, "the model stream ended without finishing; try again"))
+            yield writer.finish(item.finish_reason, item.index)
+            if tally.finished:
+                break
+    if not tally.finished:
+        yield error_event(_unfinished())
         yield DONE
         return
     if writer.include_usage:
-        yield writer.usage(last.prompt_tokens, last.completion_tokens)
+        usage = tally.usage()
+        yield writer.usage(usage.prompt_tokens, usage.completion_tokens)
     yield DONE
 
 
-async def collect(items: AsyncIterator[StreamItem], ids: ResponseIds) -> ChatCompletion:
+async def collect(
+    items: AsyncIterator[StreamItem], ids: ResponseIds, n: int = 1, logprobs: bool = False
+) -> ChatCompletion:
     """The non-streaming response; a StreamError anywhere becomes an APIError (nothing was sent yet)."""
-    parts: list[str] = []
-    last: Delta | None = None
+    tally = _Tally(n)
     async for item in items:
         if isinstance(item, StreamError):
             raise APIError.from_stream_error(item)
-        parts.append(item.text)
-        last = item
-        if item.finish_reason:
+        tally.add(item)
+        if tally.finished:
             break
-    if last is None or last.finish_reason is None:
-        raise APIError(500, "the model stream ended without finishing; try again")
-    return ChatCompletion(
-        id=ids.id,
-        created=ids.created,
-        model=ids.model,
-        choices=[
-            Choice(index=0, message=ResponseMessage(content="".join(parts)), finish_reason=last.finish_reason)
-        ],
-        usage=_usage(last.prompt_tokens, last.completion_tokens),
+    if not tally.finished:
+        raise _unfinished()
+    choices = [
+        Choice(
+            index=index,
+            message=ResponseMessage(content="".join(state.parts)),
+            logprobs=choice_logprobs(state.logprobs) if logprobs else None,
+            finish_reason=state.finish_reason,
+        )
+        for index, state in enumerate(tally.choices)
+    ]
+    return ChatCompletion(id=ids.id, created=ids.created, model=ids.model, choices=choices, usage=tally.usage())
+
+
+def choice_logprobs(logprobs: Sequence[TokenLogprob]) -> ChoiceLogprobs:
+    return ChoiceLogprobs(
+        content=[
+            ChatCompletionTokenLogprob(
+                token=entry.token,
+                logprob=max(entry.logprob, MIN_LOGPROB),
+                bytes=entry.bytes,
+                top_logprobs=[
+                    TopLogprob(token=top.token, logprob=max(top.logprob, MIN_LOGPROB), bytes=top.bytes)
+                    for top in entry.top_logprobs
+                ],
+            )
+            for entry in logprobs
+        ]
     )
+
+
+def _unfinished() -> APIError:
+    return APIError(500, "the model stream ended without finishing; try again")
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:

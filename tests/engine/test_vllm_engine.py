@@ -248,6 +248,84 @@ def test_requests_reusing_one_id_do_not_abort_each_other(engine, loop):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Several choices (n) and logprobs
+
+
+def by_choice(deltas: list[Delta]) -> dict[int, list[Delta]]:
+    out: dict[int, list[Delta]] = {}
+    for delta in deltas:
+        out.setdefault(delta.index, []).append(delta)
+    return out
+
+
+def test_n_choices_each_stream_their_own_counts_and_finish(engine, loop):
+    deltas = loop.run(collect(engine, ask("Hello", max_tokens=12, n=2, temperature=1.0, seed=3)))
+    choices = by_choice(deltas)
+    assert sorted(choices) == [0, 1]
+    for index, own in choices.items():
+        counts = [d.completion_tokens for d in own]
+        assert counts == sorted(counts), index
+        assert [d.finish_reason for d in own[:-1]] == [None] * (len(own) - 1)
+        assert (own[-1].finish_reason, own[-1].completion_tokens) == ("length", 12)
+    assert {d.prompt_tokens for d in deltas} == {deltas[0].prompt_tokens}
+    assert deltas[-1].finish_reason is not None  # the stream ends once every choice has finished
+    assert text_of(choices[0]) != text_of(choices[1])
+
+
+def test_seeded_choices_get_the_seed_plus_their_index(engine, loop):
+    # vLLM gives choice i of a seeded request the seed seed + i: choices reproduce as single requests.
+    choices = by_choice(loop.run(collect(engine, ask("Hello", max_tokens=20, n=2, temperature=1.0, seed=7))))
+    singles = [text_of(loop.run(collect(engine, ask("Hello", max_tokens=20, temperature=1.0, seed=s)))) for s in (7, 8)]
+    assert [text_of(choices[0]), text_of(choices[1])] == singles
+
+
+def test_greedy_choices_are_identical(engine, loop):
+    # vLLM itself refuses n > 1 when greedy; the engine generates once and sends it as each choice.
+    choices = by_choice(loop.run(collect(engine, ask("Hello", max_tokens=20, n=2, temperature=0, logprobs=1))))
+    single = loop.run(collect(engine, ask("Hello", max_tokens=20, logprobs=1)))
+    assert sorted(choices) == [0, 1]
+    for own in choices.values():
+        assert text_of(own) == text_of(single)
+        assert (own[-1].finish_reason, own[-1].completion_tokens) == ("length", 20)
+        assert [e for d in own for e in d.logprobs] == [e for d in single for e in d.logprobs]
+
+
+def test_logprobs_one_entry_per_token_with_the_top_alternatives_by_rank(engine, loop):
+    deltas = loop.run(collect(engine, ask("Hello", max_tokens=15, logprobs=2)))
+    entries = [entry for d in deltas for entry in d.logprobs]
+    assert len(entries) == deltas[-1].completion_tokens == 15
+    for entry in entries:
+        assert entry.logprob <= 0 and entry.bytes == list(entry.token.encode("utf-8", errors="replace"))
+        assert len(entry.top_logprobs) == 2
+        assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs), reverse=True)
+        for top in entry.top_logprobs:
+            assert top.logprob <= 0 and top.bytes == list(top.token.encode("utf-8", errors="replace"))
+        # Greedy picks the most likely token: the chosen one heads the alternatives.
+        assert (entry.token, entry.logprob) == (entry.top_logprobs[0].token, entry.top_logprobs[0].logprob)
+
+
+def test_logprobs_zero_is_the_chosen_token_only_and_none_is_no_logprobs(engine, loop):
+    chosen_only = loop.run(collect(engine, ask("Hello", max_tokens=8, n=2, logprobs=0, temperature=1.0, seed=1)))
+    for own in by_choice(chosen_only).values():
+        entries = [entry for d in own for entry in d.logprobs]
+        assert len(entries) == own[-1].completion_tokens == 8
+        assert all(entry.top_logprobs == () and entry.logprob <= 0 for entry in entries)
+    assert all(d.logprobs == () for d in loop.run(collect(engine, ask("Hello", max_tokens=8))))
+
+
+def test_closing_a_stream_of_several_choices_aborts_them_all(engine, loop, long_run_s):
+    async def scenario():
+        stream = engine.generate(ask("Tell me a story.", max_tokens=LONG, n=3, temperature=1.0))
+        await anext(stream)
+        await anext(stream)
+        await stream.aclose()
+        return await wait_until_idle(engine)
+
+    assert loop.run(scenario()) < long_run_s / 3
+    assert (engine.running_requests(), engine.pending_requests()) == (0, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Context length
 
 

@@ -1,6 +1,7 @@
-"""OpenAI request -> GenerationRequest: defaults, precedence, flattening."""
+"""OpenAI request -> GenerationRequest: defaults, precedence, flattening, choices and logprobs, rejections."""
 
 import pytest
+from pydantic import ValidationError
 
 from runtime.engines.registry import ENGINES
 from runtime.openai.convert import to_generation_request
@@ -53,3 +54,68 @@ def test_unsupported_sampling_field_names_the_engine():
     with pytest.raises(APIError) as caught:
         _convert(presence_penalty=0.5)
     assert caught.value.param == "presence_penalty" and "transformers" in caught.value.message
+
+
+def _convert_for(engine, **body):
+    body.setdefault("model", "m")
+    body.setdefault("messages", [{"role": "user", "content": "hi"}])
+    request = ChatCompletionRequest.model_validate(body)
+    return to_generation_request(request, "id-1", {}, ENGINES[engine].supports, engine)
+
+
+def test_one_choice_and_no_logprobs_by_default():
+    params = _convert_for("vllm").params
+    assert (params.n, params.logprobs) == (1, None)
+
+
+@pytest.mark.parametrize(
+    "body, n, logprobs",
+    [
+        ({"n": 3}, 3, None),
+        ({"logprobs": True}, 1, 0),  # the chosen token's logprob only
+        ({"logprobs": True, "top_logprobs": 5}, 1, 5),
+        ({"logprobs": True, "top_logprobs": 0}, 1, 0),
+        ({"logprobs": False}, 1, None),
+        ({"logprobs": False, "top_logprobs": 0}, 1, None),  # asks for nothing, as vLLM accepts
+        ({"n": 2, "logprobs": True, "top_logprobs": 20}, 2, 20),
+    ],
+)
+def test_n_and_logprobs_map_to_generation_params(body, n, logprobs):
+    for engine in ("vllm", "echo"):
+        params = _convert_for(engine, **body).params
+        assert (params.n, params.logprobs) == (n, logprobs), engine
+
+
+@pytest.mark.parametrize("body", [{"top_logprobs": 2}, {"logprobs": False, "top_logprobs": 2}])
+def test_top_logprobs_without_logprobs_is_a_400_naming_it(body):
+    with pytest.raises(APIError) as caught:
+        _convert_for("vllm", **body)
+    assert (caught.value.status, caught.value.param) == (400, "top_logprobs")
+    assert "logprobs" in caught.value.message and "true" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 3}, "logprobs"),
+    ],
+)
+def test_engines_without_choices_or_logprobs_reject_them_naming_the_param(body, param):
+    with pytest.raises(APIError) as caught:
+        _convert_for("transformers", **body)
+    assert (caught.value.status, caught.value.param) == (400, param)
+    assert "transformers" in caught.value.message
+
+
+def test_neutral_n_and_logprobs_are_fine_for_any_engine():
+    params = _convert_for("transformers", n=1, logprobs=False, top_logprobs=0).params
+    assert (params.n, params.logprobs) == (1, None)
+
+
+@pytest.mark.parametrize("body, param", [({"n": 0}, "n"), ({"n": 129}, "n"), ({"top_logprobs": 21}, "top_logprobs")])
+def test_out_of_range_n_and_top_logprobs_fail_validation(body, param):
+    with pytest.raises(ValidationError) as caught:
+        _convert_for("vllm", **body)
+    assert caught.value.errors()[0]["loc"] == (param,)

@@ -131,9 +131,11 @@ def test_unknown_model_is_404_listing_valid_ids(client):
         ({"messages": [{"role": "user", "content": [{"type": "image", "x": 1}]}]}, "messages[0].content", "content"),
         ({"messages": [{"role": "user"}]}, "messages[0].content", "required"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
-        ({"n": 2}, "n", "n=1"),
-        ({"logprobs": True}, "logprobs", "not supported"),
+        ({"n": 0}, "n", "greater than or equal to 1"),
+        ({"top_logprobs": 2}, "top_logprobs", "requires `logprobs` to be true"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "less than or equal to 20"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias", "not supported"),
         ({"response_format": {"type": "json_object"}}, "response_format", "text"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "stream=true"),
     ],
@@ -289,3 +291,129 @@ def test_draining_refuses_new_requests_and_counts_streams_in_flight():
     admission.draining = True
     error = _error(_chat(client), 503)
     assert error["code"] == "draining" and admission.in_flight == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several choices (n) and logprobs, over HTTP with the echo engine
+
+
+def _stream_chunks(client, **body):
+    body.setdefault("model", "echo")
+    body.setdefault("messages", [{"role": "user", "content": "one two three"}])
+    with client.stream("POST", "/v1/chat/completions", json={"stream": True, **body}) as response:
+        assert response.status_code == 200, response.read()
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and lines.count("data: [DONE]") == 1
+    return [json.loads(line[6:]) for line in lines[:-1]]
+
+
+def test_n_choices_each_with_its_own_text_finish_and_usage_summed(client):
+    body = _chat(client, n=2).json()
+    assert body["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "one two three"}, "logprobs": None,
+         "finish_reason": "stop"},
+        {"index": 1, "message": {"role": "assistant", "content": "two three one"}, "logprobs": None,
+         "finish_reason": "stop"},
+    ]  # fmt: skip
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
+
+
+def test_greedy_choices_are_identical(client):
+    body = _chat(client, n=3, temperature=0).json()
+    assert [c["message"]["content"] for c in body["choices"]] == ["one two three"] * 3
+
+
+def test_each_choice_finishes_on_its_own(client):
+    # Choice 1 says "b STOP c a": it stops after one word, while choice 0 runs on to max_tokens.
+    body = _chat(client, n=2, messages=[{"role": "user", "content": "a b STOP c"}], stop=["STOP"], max_tokens=3).json()
+    texts = [(c["message"]["content"], c["finish_reason"]) for c in body["choices"]]
+    assert texts == [("a b ", "stop"), ("b ", "stop")]
+    body = _chat(client, n=2, messages=[{"role": "user", "content": "a b c d"}], max_tokens=3).json()
+    assert [(c["message"]["content"], c["finish_reason"]) for c in body["choices"]] == [
+        ("a b c", "length"),
+        ("b c d", "length"),
+    ]
+    assert body["usage"]["completion_tokens"] == 6
+
+
+def test_stream_of_n_choices_follows_vllms_sequence(client):
+    messages = [{"role": "user", "content": "a b"}]
+    chunks = _stream_chunks(client, n=2, messages=messages, stream_options={"include_usage": True})
+    assert len({c["id"] for c in chunks}) == 1
+    wire = [(c["choices"][0]["index"], c["choices"][0]["delta"], c["choices"][0]["finish_reason"]) for c in chunks[:-1]]
+    assert wire == [
+        (0, {"role": "assistant", "content": ""}, None),
+        (1, {"role": "assistant", "content": ""}, None),
+        (0, {"content": "a"}, None),
+        (1, {"content": "b"}, None),
+        (0, {"content": " b"}, None),
+        (0, {}, "stop"),
+        (1, {"content": " a"}, None),
+        (1, {}, "stop"),
+    ]
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}
+
+
+def _token(token, logprob, top):
+    data = list(token.encode())
+    alternatives = [{"token": token, "logprob": logprob, "bytes": data}]
+    for r in range(1, top):
+        alternatives.append({"token": f"<alt{r}>", "logprob": logprob - r, "bytes": list(f"<alt{r}>".encode())})
+    return {"token": token, "logprob": logprob, "bytes": data, "top_logprobs": alternatives[:top]}
+
+
+def test_logprobs_one_entry_per_token_with_top_alternatives(client):
+    body = _chat(client, logprobs=True, top_logprobs=2).json()
+    (choice,) = body["choices"]
+    expected = [_token("one", -0.1, 2), _token(" two", -0.2, 2), _token(" three", -0.3, 2)]
+    assert choice["logprobs"] == {"content": expected}
+    chosen_only = _chat(client, logprobs=True).json()["choices"][0]["logprobs"]["content"]
+    assert [(e["token"], e["top_logprobs"]) for e in chosen_only] == [("one", []), (" two", []), (" three", [])]
+
+
+def test_streamed_logprobs_ride_on_each_content_chunk_of_each_choice(client):
+    chunks = _stream_chunks(client, n=2, logprobs=True, top_logprobs=1, messages=[{"role": "user", "content": "a b"}])
+    content = [c["choices"][0] for c in chunks if c["choices"][0]["delta"].get("content")]
+    assert [(c["index"], c["logprobs"]) for c in content] == [
+        (0, {"content": [_token("a", -0.1, 1)]}),
+        (1, {"content": [_token("b", -0.1, 1)]}),
+        (0, {"content": [_token(" b", -0.2, 1)]}),
+        (1, {"content": [_token(" a", -0.2, 1)]}),
+    ]
+    others = [c["choices"][0]["logprobs"] for c in chunks if not c["choices"][0]["delta"].get("content")]
+    assert others == [None] * 4  # two role chunks, two finish chunks
+
+
+def test_n_choices_are_recorded_with_summed_tokens():
+    records = []
+    _chat(_client(on_record=records.append), n=3)
+    (record,) = records
+    assert (record.status_code, record.finish_reason) == (200, "stop")
+    assert (record.prompt_tokens, record.completion_tokens) == (5, 9)  # the prompt once, three choices of three
+
+
+TRANSFORMERS_SPEC = """
+name = "t"
+[deployments.hf]
+engine = "transformers"
+model = "org/tiny"
+"""
+
+
+@pytest.mark.parametrize(
+    "body, param, words",
+    [
+        ({"n": 2}, "n", "n=1"),
+        ({"logprobs": True}, "logprobs", "not supported by the transformers engine"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs", "not supported by the transformers engine"),
+    ],
+)
+def test_an_engine_without_choices_or_logprobs_rejects_them_with_a_400(body, param, words):
+    # The plan is pure (no weights, no torch) and the request is refused before it reaches a model.
+    backend = _Backend([Delta("never", 1, 1, "stop")])
+    client = TestClient(create_app(backend, build_plan(parse_spec(TRANSFORMERS_SPEC)).deployments))
+    error = _error(_chat(client, model="hf", **body), 400)
+    assert error["param"] == param and words in error["message"]
+    assert backend.closed == 0
+    assert _chat(client, model="hf", n=1, logprobs=False).status_code == 200
