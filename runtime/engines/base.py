@@ -122,6 +122,34 @@ def context_length_error(prompt_tokens: int, max_tokens: int | None, max_model_l
     )
 
 
+def completion_budget(prompt_tokens: int, max_tokens: int | None, requested: bool, max_model_len: int) -> int:
+    """How many tokens to generate, the one rule for every engine (as vLLM's OpenAI server does it): a default
+    max_tokens is clipped to the room left; a requested one that does not fit, or a prompt that fills the context,
+    is the client's error."""
+    room = max_model_len - prompt_tokens
+    if room <= 0:
+        raise context_length_error(prompt_tokens, max_tokens if requested else None, max_model_len)
+    if max_tokens is None:
+        return room
+    if requested and max_tokens > room:
+        raise context_length_error(prompt_tokens, max_tokens, max_model_len)
+    return min(max_tokens, room)
+
+
+def chat_prompt_ids(tokenizer: Any, messages: Any, chat_template: str | None = None) -> list[int]:
+    """Apply a Hugging Face tokenizer's chat template (or `chat_template`) and return the prompt's token ids."""
+    from jinja2 import TemplateError
+
+    try:
+        encoded = tokenizer.apply_chat_template(
+            list(messages), chat_template=chat_template, add_generation_prompt=True, tokenize=True
+        )
+    except TemplateError as exc:  # templates raise on what they cannot render, e.g. roles out of order
+        raise EngineError("invalid_request", f"the chat template rejected the messages: {exc}", "messages") from exc
+    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded  # Transformers 5 returns a BatchEncoding
+    return list(ids)
+
+
 class Engine(abc.ABC):
     """One loaded model. Lives inside one Ray Serve replica (or in-process in tests)."""
 

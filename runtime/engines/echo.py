@@ -22,7 +22,7 @@ from runtime.engines.base import (
     GenerationRequest,
     TokenLogprob,
     TopLogprob,
-    context_length_error,
+    completion_budget,
 )
 from runtime.engines.stops import StopMatcher
 
@@ -41,10 +41,7 @@ class EchoEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         prompt_tokens = sum(count_tokens(m["content"]) + 2 for m in request.messages)
         params = request.params
-        room = self.max_model_len - prompt_tokens
-        if room <= 0 or (request.max_tokens_requested and params.max_tokens and params.max_tokens > room):
-            raise context_length_error(prompt_tokens, params.max_tokens, self.max_model_len)
-        max_tokens = min(params.max_tokens or room, room)
+        max_tokens = completion_budget(prompt_tokens, params.max_tokens, request.max_tokens_requested, self.max_model_len)
         last_user = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
         words = last_user.split()
         sampling = bool(params.temperature)

@@ -32,7 +32,8 @@ from runtime.engines.base import (
     FinishReason,
     GenerationParams,
     GenerationRequest,
-    context_length_error,
+    chat_prompt_ids,
+    completion_budget,
 )
 from runtime.engines.stops import StopMatcher
 from runtime.models import ResolvedModel, resolve_weights
@@ -134,8 +135,8 @@ class TransformersEngine(Engine):
         loaded = self._ready()
         params = request.params
         generate_kwargs = _sampling_kwargs(params)
-        prompt_ids = _prompt_ids(loaded.tokenizer, request.messages)
-        max_new = _completion_budget(len(prompt_ids), params.max_tokens, request.max_tokens_requested,
+        prompt_ids = chat_prompt_ids(loaded.tokenizer, request.messages)
+        max_new = completion_budget(len(prompt_ids), params.max_tokens, request.max_tokens_requested,
                                      loaded.max_model_len)  # fmt: skip
         run = _Run(loaded, prompt_ids, max_new, params)
         self._waiting += 1
@@ -372,28 +373,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-def _prompt_ids(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
-    from jinja2 import TemplateError
-
-    try:
-        encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
-    except TemplateError as exc:  # templates raise on what they cannot render, e.g. roles out of order
-        raise EngineError("invalid_request", f"the chat template rejected the messages: {exc}", "messages") from exc
-    # Transformers 5 returns a BatchEncoding; 4.x returned the ids.
-    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
-    return list(ids)
-
-
-def _completion_budget(prompt_tokens: int, max_tokens: int | None, requested: bool, max_model_len: int) -> int:
-    """How many tokens to generate; a prompt that leaves too little room is the client's error."""
-    room = max_model_len - prompt_tokens
-    if room <= 0:
-        raise context_length_error(prompt_tokens, max_tokens if requested else None, max_model_len)
-    if max_tokens is None:
-        return room
-    if requested and max_tokens > room:
-        raise context_length_error(prompt_tokens, max_tokens, max_model_len)
-    return min(max_tokens, room)
 
 
 def _sampling_kwargs(params: GenerationParams) -> dict[str, Any]:

@@ -38,7 +38,8 @@ from runtime.engines.base import (
     GenerationRequest,
     TokenLogprob,
     TopLogprob,
-    context_length_error,
+    chat_prompt_ids,
+    completion_budget,
 )
 from runtime.engines.vllm_args import (
     CPU_ENV_KEYS,
@@ -164,8 +165,8 @@ class VLLMEngine(Engine):
         from vllm.inputs import tokens_input
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        prompt_ids = _prompt_ids(self._tokenizer, request.messages, self._chat_template)
-        max_tokens = _completion_budget(len(prompt_ids), request.params.max_tokens, request.max_tokens_requested,
+        prompt_ids = chat_prompt_ids(self._tokenizer, request.messages, self._chat_template)
+        max_tokens = completion_budget(len(prompt_ids), request.params.max_tokens, request.max_tokens_requested,
                                         self._max_model_len)  # fmt: skip
         params = request.params
         # vLLM refuses n > 1 with greedy sampling; greedy choices are all the same, so one is generated and sent as
@@ -299,32 +300,6 @@ def _sampling_params(params: GenerationParams, max_tokens: int) -> Any:
         raise EngineError("invalid_request", str(exc), exc.parameter) from exc
 
 
-def _prompt_ids(tokenizer: Any, messages: Sequence[dict[str, str]], chat_template: str | None) -> list[int]:
-    from jinja2 import TemplateError
-
-    try:
-        encoded = tokenizer.apply_chat_template(
-            list(messages), chat_template=chat_template, add_generation_prompt=True, tokenize=True
-        )
-    except TemplateError as exc:  # templates raise on what they cannot render, e.g. roles out of order
-        raise EngineError("invalid_request", f"the chat template rejected the messages: {exc}", "messages") from exc
-    ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded  # Transformers 5: a BatchEncoding
-    return list(ids)
-
-
-def _completion_budget(prompt_tokens: int, max_tokens: int | None, requested: bool, max_model_len: int) -> int:
-    """How many tokens to generate; a prompt that leaves too little room is the client's error.
-
-    The same rule as the Transformers engine's (which keeps its copy private): a default max_tokens is clipped to
-    the room left, a requested one that does not fit is an error, as in vLLM's OpenAI server."""
-    room = max_model_len - prompt_tokens
-    if room <= 0:
-        raise context_length_error(prompt_tokens, max_tokens if requested else None, max_model_len)
-    if max_tokens is None:
-        return room
-    if requested and max_tokens > room:
-        raise context_length_error(prompt_tokens, max_tokens, max_model_len)
-    return min(max_tokens, room)
 
 
 def _offline_hint(source: Any) -> str:

@@ -28,7 +28,8 @@ import pytest
 pytest.importorskip("vllm")
 
 from runtime.engines.base import Delta, EngineError, GenerationParams, GenerationRequest  # noqa: E402
-from runtime.engines.vllm import VLLMEngine, _prompt_ids  # noqa: E402
+from runtime.engines.base import chat_prompt_ids  # noqa: E402
+from runtime.engines.vllm import VLLMEngine  # noqa: E402
 from runtime.engines.vllm_args import VLLMConfigError  # noqa: E402
 from runtime.plan import DeploymentPlan, ModelSource  # noqa: E402
 
@@ -359,8 +360,8 @@ def test_spec_chat_template_replaces_the_models_own(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     messages = [{"role": "user", "content": "Hello"}]
-    assert _prompt_ids(tokenizer, messages, template) == tokenizer("Hello")["input_ids"]
-    assert _prompt_ids(tokenizer, messages, None) == reference_prompt_ids(tiny_model_dir, "Hello")
+    assert chat_prompt_ids(tokenizer, messages, template) == tokenizer("Hello")["input_ids"]
+    assert chat_prompt_ids(tokenizer, messages, None) == reference_prompt_ids(tiny_model_dir, "Hello")
 
 
 def test_a_template_that_rejects_the_messages_is_an_invalid_request(tiny_model_dir):
@@ -369,7 +370,7 @@ def test_a_template_that_rejects_the_messages_is_an_invalid_request(tiny_model_d
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     template = "{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first') }}{% endif %}"
     with pytest.raises(EngineError) as caught:
-        _prompt_ids(tokenizer, [{"role": "user", "content": "Hi"}], template)
+        chat_prompt_ids(tokenizer, [{"role": "user", "content": "Hi"}], template)
     assert caught.value.kind == "invalid_request" and "system first" in caught.value.message
 
 
