@@ -26,7 +26,10 @@ from runtime.plan import INGRESS_NAME, AppPlan, DeploymentPlan
 
 HEALTH_PING_TIMEOUT_S = 3.0
 # Passed to replicas so that a cluster's workers see the same offline/cache settings as the driver.
-_FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "AANA_CACHE_DIR")
+_FORWARDED_ENV = (
+    "HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "AANA_CACHE_DIR",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP",
+)  # fmt: skip
 
 
 class RayBackend:
@@ -108,7 +111,9 @@ class OpenAIIngress:
 
 
 def _runtime_env() -> dict:
-    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    from runtime.launcher import SERVE_ENV_DEFAULTS
+
+    env = SERVE_ENV_DEFAULTS | {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
     return {"env_vars": env} if env else {}
 
 
