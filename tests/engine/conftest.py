@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,26 +11,8 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from runtime.plan import DeploymentPlan, ModelSource  # noqa: E402
-
-
-def make_plan(source: ModelSource, **overrides) -> DeploymentPlan:
-    plan = DeploymentPlan(
-        model_id="tiny",
-        engine="transformers",
-        source=source,
-        tokenizer=None,
-        chat_template=None,
-        num_replicas=1,
-        num_cpus=1.0,
-        num_gpus=0.0,
-        max_ongoing_requests=16,
-        max_model_len=None,
-        sampling={},
-        options={"dtype": "auto", "device": "auto", "threads": None},
-        engine_args={},
-    )
-    return replace(plan, **overrides)
+from engine.helpers import make_plan  # noqa: E402
+from runtime.plan import ModelSource  # noqa: E402
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ import importlib.util
 
 import pytest
 
-from runtime.engines.base import Delta, EngineError, GenerationParams, GenerationRequest
+from runtime.engines.base import EngineError, GenerationParams, GenerationRequest
 from runtime.engines.transformers import TransformersEngine
+from engine.helpers import ask, collect, text_of
 from runtime.plan import ModelSource
 
 
@@ -39,21 +40,7 @@ async def running(plan):
         await engine.shutdown()
 
 
-def ask(content: str, requested: bool = True, request_id: str = "r", **params) -> GenerationRequest:
-    return GenerationRequest(
-        request_id=request_id,
-        messages=({"role": "user", "content": content},),
-        params=GenerationParams(**params),
-        max_tokens_requested=requested and params.get("max_tokens") is not None,
-    )
 
-
-async def collect(engine: TransformersEngine, request: GenerationRequest) -> list[Delta]:
-    return [delta async for delta in engine.generate(request)]
-
-
-def text_of(deltas: list[Delta]) -> str:
-    return "".join(d.text for d in deltas)
 
 
 def prompt_ids(engine: TransformersEngine, content: str) -> list[int]:

@@ -19,7 +19,6 @@ import signal
 import threading
 import time
 from collections.abc import Coroutine
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,11 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from runtime.engines.base import Delta, EngineError, GenerationParams, GenerationRequest  # noqa: E402
+from runtime.engines.base import Delta, EngineError  # noqa: E402
 from runtime.engines.base import chat_prompt_ids  # noqa: E402
 from runtime.engines.vllm import VLLMEngine  # noqa: E402
 from runtime.engines.vllm_args import VLLMConfigError  # noqa: E402
+from engine.helpers import ask, collect, make_plan, text_of  # noqa: E402
 from runtime.plan import DeploymentPlan, ModelSource  # noqa: E402
 
 START_TIMEOUT_S = 600
@@ -54,26 +54,7 @@ class LoopThread:
 
 
 def vllm_plan(source: ModelSource, **overrides: Any) -> DeploymentPlan:
-    # enforce_eager: skipping torch.compile saves ~30 s on a cold compile cache; the flow under test is the same.
-    options = {"dtype": "auto", "quantization": None, "gpu_memory_reserved": None, "gpu_memory_utilization": None,
-               "enforce_eager": True, "tensor_parallel_size": 1, "kv_cache_space_gb": None}  # fmt: skip
-    options.update(overrides.pop("options", {}))
-    plan = DeploymentPlan(
-        model_id="tiny",
-        engine="vllm",
-        source=source,
-        tokenizer=None,
-        chat_template=None,
-        num_replicas=1,
-        num_cpus=1.0,
-        num_gpus=0.0,
-        max_ongoing_requests=16,
-        max_model_len=None,
-        sampling={},
-        options=options,
-        engine_args={},
-    )
-    return replace(plan, **overrides)
+    return make_plan(source, "vllm", **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -97,21 +78,7 @@ def engine(loop: LoopThread, tiny_source: ModelSource):
     loop.run(engine.shutdown())
 
 
-def ask(content: str, requested: bool = True, request_id: str = "r", **params: Any) -> GenerationRequest:
-    return GenerationRequest(
-        request_id=request_id,
-        messages=({"role": "user", "content": content},),
-        params=GenerationParams(**params),
-        max_tokens_requested=requested and params.get("max_tokens") is not None,
-    )
 
-
-async def collect(engine: VLLMEngine, request: GenerationRequest) -> list[Delta]:
-    return [delta async for delta in engine.generate(request)]
-
-
-def text_of(deltas: list[Delta]) -> str:
-    return "".join(d.text for d in deltas)
 
 
 def reference_prompt_ids(model_dir: Path, content: str, template: str | None = None) -> list[int]:

@@ -1,0 +1,44 @@
+"""What the in-process engine tests share: plans for the tiny model, requests, and reading a stream."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from runtime.engines.base import Delta, GenerationParams, GenerationRequest
+from runtime.plan import DeploymentPlan, ModelSource
+
+DEFAULT_OPTIONS = {
+    "transformers": {"dtype": "auto", "device": "auto", "threads": None},
+    # enforce_eager: skipping torch.compile saves ~30 s on a cold compile cache; the flow under test is the same.
+    "vllm": {"dtype": "auto", "quantization": None, "gpu_memory_reserved": None, "gpu_memory_utilization": None,
+             "enforce_eager": True, "tensor_parallel_size": 1, "kv_cache_space_gb": None},
+}  # fmt: skip
+
+
+def make_plan(source: ModelSource, engine: str = "transformers", **overrides: Any) -> DeploymentPlan:
+    """A one-replica CPU plan for `engine`; `options=` is merged into the engine's defaults."""
+    options = DEFAULT_OPTIONS[engine] | overrides.pop("options", {})
+    plan = DeploymentPlan(
+        model_id="tiny", engine=engine, source=source, tokenizer=None, chat_template=None, num_replicas=1,
+        num_cpus=1.0, num_gpus=0.0, max_ongoing_requests=16, max_model_len=None, sampling={}, options=options,
+        engine_args={},
+    )  # fmt: skip
+    return replace(plan, **overrides)
+
+
+def ask(content: str, requested: bool = True, request_id: str = "r", **params: Any) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=request_id,
+        messages=({"role": "user", "content": content},),
+        params=GenerationParams(**params),
+        max_tokens_requested=requested and params.get("max_tokens") is not None,
+    )
+
+
+async def collect(engine: Any, request: GenerationRequest) -> list[Delta]:
+    return [delta async for delta in engine.generate(request)]
+
+
+def text_of(deltas: list[Delta]) -> str:
+    return "".join(d.text for d in deltas)
