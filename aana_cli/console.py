@@ -122,7 +122,8 @@ def status_view(snapshot: dict) -> None:
     out.print(
         f"[bold]cluster[/] {escape(cluster['address'])}: {alive}/{len(cluster['nodes'])} node(s) alive, "
         f"CPU {res['CPU']['used']:g}/{res['CPU']['total']:g}, GPU {res['GPU']['used']:g}/{res['GPU']['total']:g}, "
-        f"memory {res['memory']['used'] / gib:.1f}/{res['memory']['total'] / gib:.1f} GiB"
+        f"memory {res['memory']['used'] / gib:.1f}/{res['memory']['total'] / gib:.1f} GiB",
+        soft_wrap=True,
     )
     if not snapshot["apps"]:
         out.print("no apps are running")
@@ -141,8 +142,9 @@ def _app_table(app: dict) -> Table:
     if app["endpoint"]:
         title += f"  {escape(app['endpoint'])}"
     table = Table(title=title, title_justify="left")
-    for column in ("deployment", "status", "replicas", "requests/errors", "TTFT ms p50/p95", "latency ms p50/p95"):
-        table.add_column(column, no_wrap=column != "deployment")
+    table.caption = "last hour: requests/errors, TTFT and latency p50/p95 in ms"
+    for column in ("deployment", "status", "replicas", "req/err", "TTFT", "latency"):
+        table.add_column(column, no_wrap=True, overflow="fold" if column == "deployment" else "ellipsis")
     requests = app.get("requests") or {}
     for d in app["deployments"]:
         replicas = ", ".join(f"{n} {state.lower()}" for state, n in d["replicas"].items()) or "-"
