@@ -100,3 +100,20 @@ def test_status_shows_why_a_deployment_fails(state_env):
         up.wait(180)
     assert up.returncode == 1
     assert "aana-tests/no-such-model" in up.stderr.read()
+
+
+def test_status_and_down_with_ray_token_auth_disabled(state_env, monkeypatch):
+    """Ray 2.60 turns token auth on for new local clusters; a cluster started with it off must work the same."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    spec = state_env / "echo.toml"
+    spec.write_text('name = "noauth"\n[deployments.echo]\nengine = "echo"\nnum_cpus = 0.2\n')
+    started = run_aana("up", str(spec), "--detach", "--migrate", "--port", str(free_port()), timeout_s=300)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        monkeypatch.delenv("RAY_AUTH_MODE")  # another terminal, without the setting: the record supplies it
+        code, snapshot = _status_json()
+        assert code == 0 and snapshot["apps"][0]["name"] == "noauth"
+    finally:
+        stopped = run_aana("down", timeout_s=180)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert _status_json()[0] == 2
