@@ -20,13 +20,12 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import os
 import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,6 @@ from runtime.engines.base import (
     EngineError,
     GenerationParams,
     GenerationRequest,
-    TokenLogprob,
-    TopLogprob,
     chat_prompt_ids,
     completion_budget,
 )
@@ -49,6 +46,7 @@ from runtime.engines.vllm_args import (
     engine_args,
     unknown_engine_args,
 )
+from runtime.engines.vllm_outputs import Choices
 from runtime.models import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -175,7 +173,7 @@ class VLLMEngine(Engine):
         sampling = _sampling_params(dataclasses.replace(params, n=1) if copies > 1 else params, max_tokens)
         # Unique per call: vLLM aborts every request with a given id, and two clients may reuse one.
         request_id = f"{request.request_id}-{uuid.uuid4().hex[:8]}"
-        choices = _Choices(len(prompt_ids), params.logprobs or 0, copies, self._tokenizer)
+        choices = Choices(len(prompt_ids), params.logprobs or 0, copies, self._tokenizer)
         finished = False
         stream = llm.generate(tokens_input(prompt_ids), sampling, request_id)
         try:
@@ -204,72 +202,6 @@ class VLLMEngine(Engine):
         if self._llm.errored:
             raise EngineError("unavailable", "this replica's vLLM engine died; it is being replaced")
         return self._llm
-
-
-class _Choices:
-    """Per-choice bookkeeping of one request: vLLM's delta outputs (`CompletionOutput`s) -> `Delta`s."""
-
-    def __init__(self, prompt_tokens: int, top_logprobs: int, copies: int, tokenizer: Any):
-        self.prompt_tokens = prompt_tokens
-        self.top_logprobs = top_logprobs
-        self.copies = copies  # > 1: vLLM generates one choice that stands for `copies` identical ones
-        self.tokenizer = tokenizer
-        self.completion_tokens: dict[int, int] = {}
-
-    def deltas(self, completion: Any) -> list[Delta]:
-        """The Deltas for one choice's update: none when it carries nothing to send (no text, no logprobs, and the
-        choice goes on), one per copy otherwise."""
-        index = completion.index
-        self.completion_tokens[index] = self.completion_tokens.get(index, 0) + len(completion.token_ids)
-        logprobs = self._logprobs(completion.token_ids, completion.logprobs)
-        finish = _finish(completion) if completion.finished() else None
-        if finish is None and not completion.text and not logprobs:
-            return []
-        delta = Delta(completion.text, self.prompt_tokens, self.completion_tokens[index], finish, index, logprobs)
-        if self.copies == 1:
-            return [delta]
-        return [dataclasses.replace(delta, index=i) for i in range(self.copies)]
-
-    def _logprobs(self, token_ids: Sequence[int], positions: Any) -> tuple[TokenLogprob, ...]:
-        if positions is None:  # logprobs were not asked for
-            return ()
-        return tuple(self._token_logprob(token_id, position) for token_id, position in zip(token_ids, positions))
-
-    def _token_logprob(self, token_id: int, position: Any) -> TokenLogprob:
-        """vLLM's logprobs at one position (a dict token id -> Logprob: the chosen token first, then the top k by
-        rank, the chosen one only once) -> a TokenLogprob. The alternatives are the k best by rank, which is what
-        OpenAI means by top_logprobs; vLLM's own server lists the chosen token first even when it is not among them.
-        """
-        chosen = position.get(token_id) if position else None
-        token = _decoded(self.tokenizer, token_id, chosen.decoded_token if chosen else None)
-        if chosen is None:  # as vLLM's server answers: the token, with no logprob known
-            return TokenLogprob(token, float("-inf"), _utf8(token))
-        ranked = sorted(position.items(), key=_rank)[: self.top_logprobs]
-        top = []
-        for top_id, top_logprob in ranked:
-            top_token = _decoded(self.tokenizer, top_id, top_logprob.decoded_token)
-            top.append(TopLogprob(top_token, top_logprob.logprob, _utf8(top_token)))
-        return TokenLogprob(token, chosen.logprob, _utf8(token), tuple(top))
-
-
-def _rank(item: tuple[int, Any]) -> float:
-    rank = item[1].rank
-    return math.inf if rank is None else rank
-
-
-def _decoded(tokenizer: Any, token_id: int, decoded: str | None) -> str:
-    # vLLM detokenizes logprob tokens itself; decode here only when it did not (as its server does).
-    return decoded if decoded is not None else tokenizer.decode([token_id])
-
-
-def _utf8(token: str) -> list[int]:
-    # errors="replace", as vLLM: a token that is part of a multi-byte character decodes to U+FFFD.
-    return list(token.encode("utf-8", errors="replace"))
-
-
-def _finish(completion: Any) -> str:
-    # vLLM: "stop" (EOS or a stop string), "length" (max_tokens), "abort"; the contract uses the same names.
-    return completion.finish_reason if completion.finish_reason in ("stop", "length", "abort") else "stop"
 
 
 def _sampling_params(params: GenerationParams, max_tokens: int) -> Any:
