@@ -55,6 +55,15 @@ class DeploymentPlan:
         return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
 
 
+def base_url(host: str, port: int) -> str:
+    """The URL a client on this machine uses for a server bound to host:port (wildcards and loopback read as
+    localhost; IPv6 addresses in brackets)."""
+    host = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 @dataclass(frozen=True)
 class AppPlan:
     app_name: str
@@ -74,10 +83,7 @@ class AppPlan:
 
     @property
     def base_url(self) -> str:
-        host = "localhost" if self.host in ("0.0.0.0", "127.0.0.1", "::") else self.host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return base_url(self.host, self.port)
 
     def with_server(self, host: str | None = None, port: int | None = None) -> AppPlan:
         from dataclasses import replace

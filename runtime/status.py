@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runtime.plan import INGRESS_NAME
+from runtime.plan import INGRESS_NAME, base_url
 
 SCHEMA_ID = "aana.status/1"
 
@@ -185,9 +185,7 @@ def _replica_counts(replicas: list[dict[str, Any]]) -> dict[str, int]:
 def _endpoint(http: dict[str, Any], route_prefix: str | None) -> str | None:
     if not http.get("port") or route_prefix is None:
         return None
-    host = http.get("host") or "127.0.0.1"
-    host = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host
-    return f"http://{host}:{http['port']}{route_prefix.rstrip('/')}/v1"
+    return f"{base_url(http.get('host') or '127.0.0.1', http['port'])}{route_prefix.rstrip('/')}/v1"
 
 
 def exit_code(snapshot: dict[str, Any]) -> int:
