@@ -42,3 +42,15 @@ async def collect(engine: Any, request: GenerationRequest) -> list[Delta]:
 
 def text_of(deltas: list[Delta]) -> str:
     return "".join(d.text for d in deltas)
+
+
+def assert_streams_then_finishes(deltas: list[Delta], max_tokens: int) -> None:
+    """The engine contract for a run that hits max_tokens: several text deltas, running counts, one final delta."""
+    assert len(deltas) >= 5
+    assert [d.finish_reason for d in deltas[:-1]] == [None] * (len(deltas) - 1)
+    assert deltas[-1].finish_reason == "length"
+    assert all(d.text for d in deltas[:-1]), "a delta without text was streamed"
+    counts = [d.completion_tokens for d in deltas]
+    assert counts == sorted(counts) and counts[0] >= 1
+    assert deltas[-1].completion_tokens == max_tokens
+    assert len(text_of(deltas)) >= max_tokens

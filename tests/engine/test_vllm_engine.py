@@ -30,7 +30,7 @@ from runtime.engines.base import Delta, EngineError  # noqa: E402
 from runtime.engines.base import chat_prompt_ids  # noqa: E402
 from runtime.engines.vllm import VLLMEngine  # noqa: E402
 from runtime.engines.vllm_args import VLLMConfigError  # noqa: E402
-from engine.helpers import ask, collect, make_plan, text_of  # noqa: E402
+from engine.helpers import ask, assert_streams_then_finishes, collect, make_plan, text_of  # noqa: E402
 from runtime.plan import DeploymentPlan, ModelSource  # noqa: E402
 
 START_TIMEOUT_S = 600
@@ -98,14 +98,7 @@ def reference_prompt_ids(model_dir: Path, content: str, template: str | None = N
 
 def test_streams_token_deltas_then_one_final_delta(engine, loop):
     deltas = loop.run(collect(engine, ask("Hello there!", max_tokens=30)))
-    assert len(deltas) >= 5
-    assert [d.finish_reason for d in deltas[:-1]] == [None] * (len(deltas) - 1)
-    assert deltas[-1].finish_reason == "length"
-    assert all(d.text for d in deltas[:-1]), "a delta without text was streamed"
-    counts = [d.completion_tokens for d in deltas]
-    assert counts == sorted(counts) and counts[0] >= 1
-    assert deltas[-1].completion_tokens == 30
-    assert len(text_of(deltas)) >= 30
+    assert_streams_then_finishes(deltas, max_tokens=30)
 
 
 def test_usage_and_text_match_the_tokenizer_and_transformers_greedy(engine, loop, tiny_model_dir):
