@@ -51,10 +51,10 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime}
 
 
-class Deployment(Base):
+class Run(Base):
     """One `aana up` run: which spec it served, where, and how it ended."""
 
-    __tablename__ = "deployments"
+    __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # uuid4, as text so every database agrees
     app_name: Mapped[str] = mapped_column(String(200))
@@ -75,8 +75,8 @@ class Request(Base):
 
     id: Mapped[str] = mapped_column(String(100), primary_key=True)  # the chatcmpl-... id the client saw
     # No foreign key on purpose: the recorder must never lose a batch of requests to a constraint, and requests
-    # served while the deployments row could not be written still belong in the table.
-    deployment_id: Mapped[str | None] = mapped_column(String(36))
+    # served while the runs row could not be written still belong in the table.
+    run_id: Mapped[str | None] = mapped_column(String(36))
     model: Mapped[str] = mapped_column(String(200))
     status_code: Mapped[int] = mapped_column(Integer)
     finish_reason: Mapped[str | None] = mapped_column(String(20))
@@ -87,4 +87,4 @@ class Request(Base):
     stream: Mapped[bool] = mapped_column(server_default=false())
     created_at: Mapped[datetime] = mapped_column(index=True)
 
-    __table_args__ = (Index("ix_requests_deployment_id_created_at", "deployment_id", "created_at"),)
+    __table_args__ = (Index("ix_requests_run_id_created_at", "run_id", "created_at"),)

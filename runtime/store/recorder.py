@@ -14,13 +14,13 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from itertools import islice
 
 from sqlalchemy import Engine, exc, insert
 from sqlalchemy.dialects import postgresql, sqlite
 
+from runtime.records import CompletionRecord
 from runtime.store.db import make_engine, mask_url, parse_url
 from runtime.store.models import Request
 
@@ -32,23 +32,6 @@ _FIRST_RETRY_S = 0.1
 
 
 @dataclass(frozen=True)
-class RequestRecord:
-    """One chat completion as answered. deployment_id None: the recorder's own deployment id."""
-
-    id: str
-    model: str
-    status_code: int
-    latency_ms: float
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    ttft_ms: float | None = None
-    stream: bool = False
-    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-    deployment_id: str | None = None
-
-
-@dataclass(frozen=True)
 class _Flush:
     done: threading.Event
 
@@ -57,10 +40,10 @@ _STOP = object()
 
 
 class RequestRecorder:
-    """Writes `RequestRecord`s to the requests table from a background thread.
+    """Writes `CompletionRecord`s to the requests table from a background thread.
 
     url: database URL (the schema must be current; see `runtime.store.migrate.require_current`).
-    deployment_id: stored on every row that does not name its own.
+    run_id: the `aana up` run, stored on every row that does not name its own.
     batch_size: rows per INSERT (at most MAX_BATCH_SIZE); a full batch is written at once.
     flush_interval_s: a partial batch waits at most this long.
     max_buffered: rows kept while the database is unreachable; the oldest beyond this are dropped.
@@ -74,7 +57,7 @@ class RequestRecorder:
     def __init__(
         self,
         url: str,
-        deployment_id: str | None = None,
+        run_id: str | None = None,
         *,
         batch_size: int = 500,
         flush_interval_s: float = 1.0,
@@ -84,7 +67,7 @@ class RequestRecorder:
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_SIZE}, not {batch_size}")
         self.url = mask_url(url)
-        self.deployment_id = deployment_id
+        self.run_id = run_id
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.max_buffered = max_buffered
@@ -112,7 +95,7 @@ class RequestRecorder:
         """Rows recorded but not yet written (queued or buffered)."""
         return self._received - self._done + self._queue.qsize()
 
-    def record(self, row: RequestRecord) -> None:
+    def record(self, row: CompletionRecord) -> None:
         """Queue one row for writing. Never blocks, never raises."""
         if self._closed:
             logger.warning("request %s recorded after the recorder closed; not written", row.id)
@@ -178,11 +161,11 @@ class RequestRecorder:
         except queue.Empty:
             return None
 
-    def _take(self, row: RequestRecord) -> None:
+    def _take(self, row: CompletionRecord) -> None:
         self._pending.append(
             {
                 "id": row.id,
-                "deployment_id": row.deployment_id or self.deployment_id,
+                "run_id": row.run_id or self.run_id,
                 "model": row.model,
                 "status_code": row.status_code,
                 "finish_reason": row.finish_reason,

@@ -1,4 +1,4 @@
-"""Deployment runs and what `aana status` reads: one row per `aana up`, its state changes, and request statistics.
+"""Runs and what `aana status` reads: one row per `aana up` (a run), its state changes, and request statistics.
 
 Each call opens the database, does one short transaction, and closes it: these happen a few times per run, and a
 held connection would outlive a database restart for nothing.
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from runtime.store.db import make_engine, mask_url, translated_errors
 from runtime.store.errors import StoreError
-from runtime.store.models import Deployment, Request, as_utc
+from runtime.store.models import Request, Run, as_utc
 
 STATES = ("starting", "running", "stopped", "failed")
 
@@ -57,7 +57,7 @@ def record_start(
 ) -> str:
     """Add the row for a new `aana up` run and return its id (a uuid4 string)."""
     _check_state(state)
-    deployment = Deployment(
+    run = Run(
         id=str(uuid.uuid4()),
         app_name=app_name,
         spec_text=spec_text,
@@ -68,40 +68,40 @@ def record_start(
         state=state,
     )
     with _session(url, "write to") as session:
-        session.add(deployment)
-    return deployment.id
+        session.add(run)
+    return run.id
 
 
-def record_state(url: str, deployment_id: str, state: str, error: str | None = None) -> None:
+def record_state(url: str, run_id: str, state: str, error: str | None = None) -> None:
     """Set a run's state (and its error text, for "failed")."""
     _check_state(state)
-    _update(url, deployment_id, state=state, error=error)
+    _update(url, run_id, state=state, error=error)
 
 
 def record_stop(
-    url: str, deployment_id: str, state: str = "stopped", error: str | None = None, *, now: datetime | None = None
+    url: str, run_id: str, state: str = "stopped", error: str | None = None, *, now: datetime | None = None
 ) -> None:
     """Mark a run as ended: its final state and when it stopped."""
     _check_state(state)
-    _update(url, deployment_id, state=state, error=error, stopped_at=now or datetime.now(timezone.utc))
+    _update(url, run_id, state=state, error=error, stopped_at=now or datetime.now(timezone.utc))
 
 
-def get_deployment(url: str, deployment_id: str) -> Deployment | None:
+def get_run(url: str, run_id: str) -> Run | None:
     """The run with this id, or None."""
     with _session(url, "read") as session:
-        return session.get(Deployment, deployment_id)
+        return session.get(Run, run_id)
 
 
-def recent_deployments(url: str, limit: int = 10, app_name: str | None = None) -> list[Deployment]:
+def recent_runs(url: str, limit: int = 10, app_name: str | None = None) -> list[Run]:
     """The newest runs first, optionally of one app."""
-    query = select(Deployment).order_by(Deployment.started_at.desc()).limit(limit)
+    query = select(Run).order_by(Run.started_at.desc()).limit(limit)
     if app_name is not None:
-        query = query.where(Deployment.app_name == app_name)
+        query = query.where(Run.app_name == app_name)
     with _session(url, "read") as session:
         return list(session.scalars(query))
 
 
-def request_stats(url: str, since: datetime, deployment_id: str | None = None) -> list[ModelStats]:
+def request_stats(url: str, since: datetime, run_id: str | None = None) -> list[ModelStats]:
     """Per-model counts, errors, tokens and p50/p95 of time to first token and latency, for requests since `since`.
 
     Sorted by model name. Percentiles are computed here rather than in SQL so SQLite and PostgreSQL agree.
@@ -115,8 +115,8 @@ def request_stats(url: str, since: datetime, deployment_id: str | None = None) -
         Request.ttft_ms,
         Request.latency_ms,
     ).where(Request.created_at >= as_utc(since))
-    if deployment_id is not None:
-        query = query.where(Request.deployment_id == deployment_id)
+    if run_id is not None:
+        query = query.where(Request.run_id == run_id)
     by_model: dict[str, list] = {}
     with _session(url, "read") as session:
         for row in session.execute(query):
@@ -150,11 +150,11 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
-def _update(url: str, deployment_id: str, **values) -> None:
+def _update(url: str, run_id: str, **values) -> None:
     with _session(url, "write to") as session:
-        result = session.execute(update(Deployment).where(Deployment.id == deployment_id).values(**values))
+        result = session.execute(update(Run).where(Run.id == run_id).values(**values))
         if result.rowcount == 0:
-            raise StoreError(f"no deployment {deployment_id!r} in the database at {mask_url(url)}")
+            raise StoreError(f"no run {run_id!r} in the database at {mask_url(url)}")
 
 
 def _check_state(state: str) -> None:

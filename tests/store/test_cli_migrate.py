@@ -18,15 +18,16 @@ def _migrate(runner, url, *args):
 def test_status_exit_codes_follow_the_schema(runner, database_url):
     behind = _migrate(runner, database_url, "--status")
     assert behind.exit_code == 1
-    assert "current revision: none (empty database)" in behind.stdout and "pending (3)" in behind.stdout
+    assert "current revision: none (empty database)" in behind.stdout and "pending (4)" in behind.stdout
     assert "database: " in behind.stderr  # where the database came from goes to stderr
 
     applied = _migrate(runner, database_url)
     assert applied.exit_code == 0
-    assert applied.stdout.splitlines()[:3] == [
+    assert applied.stdout.splitlines()[:4] == [
         "applied 0001: Create deployments",
         "applied 0002: Create requests",
         "applied 0003: Add requests.stream and a per-deployment index",
+        "applied 0004: Rename deployments to runs",
     ]
     current = _migrate(runner, database_url, "--status")
     assert current.exit_code == 0 and "up to date" in current.stdout
@@ -36,7 +37,8 @@ def test_status_exit_codes_follow_the_schema(runner, database_url):
 def test_to_goes_down_and_up(runner, database_url):
     assert _migrate(runner, database_url).exit_code == 0
     down = _migrate(runner, database_url, "--to", "0001")
-    assert down.exit_code == 0 and "reverted 0003" in down.stdout and "now at revision 0001" in down.stdout
+    assert down.exit_code == 0 and "now at revision 0001" in down.stdout
+    assert "reverted 0004" in down.stdout and "reverted 0003" in down.stdout
     assert _migrate(runner, database_url, "--status").exit_code == 1
     up = _migrate(runner, database_url, "--to", "head")
     assert up.exit_code == 0 and "applied 0002" in up.stdout
@@ -53,6 +55,7 @@ def test_sql_prints_the_ddl_without_touching_the_database(runner, database_url):
     result = _migrate(runner, database_url, "--sql")
     assert result.exit_code == 0
     assert "CREATE TABLE deployments" in result.stdout and "CREATE TABLE requests" in result.stdout
+    assert "ALTER TABLE deployments RENAME TO runs" in result.stdout
     assert _migrate(runner, database_url, "--status").exit_code == 1  # still empty
 
 

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, insert, select, text
+from sqlalchemy import column, create_engine, inspect, insert, select, table, text
 
 from runtime.store import migrate
 from runtime.store.db import parse_url
 from runtime.store.errors import SchemaError, StoreError
 from runtime.store.migrate import Revision
-from runtime.store.models import Base, Request
+from runtime.store.models import Base, Request, Run
 
 ALL = [
     Revision("0001", "Create deployments"),
     Revision("0002", "Create requests"),
     Revision("0003", "Add requests.stream and a per-deployment index"),
+    Revision("0004", "Rename deployments to runs"),
 ]
 
 
@@ -52,8 +53,8 @@ def test_revisions_are_linear_and_named_by_intent():
 def test_upgrade_from_empty_to_head(database_url):
     assert migrate.upgrade(database_url) == ALL
 
-    assert tables(database_url) == {"alembic_version", "deployments", "requests"}
-    assert version_rows(database_url) == ["0003"]
+    assert tables(database_url) == {"alembic_version", "runs", "requests"}
+    assert version_rows(database_url) == ["0004"]
     assert migrate.upgrade(database_url) == []
 
 
@@ -66,17 +67,17 @@ def test_down_to_base_and_up_again(database_url):
     assert version_rows(database_url) == []
 
     up = migrate.migrate_to(database_url, "head")
-    assert (up.direction, up.revisions, up.current) == ("up", ALL, "0003")
-    assert tables(database_url) == {"alembic_version", "deployments", "requests"}
+    assert (up.direction, up.revisions, up.current) == ("up", ALL, "0004")
+    assert tables(database_url) == {"alembic_version", "runs", "requests"}
 
 
-def test_rows_written_at_head_survive_a_round_trip_through_0003(database_url):
+def test_rows_written_at_head_survive_a_round_trip_to_0002(database_url):
     migrate.upgrade(database_url)
     created = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     rows = [
         dict(
             id=f"chatcmpl-{i}",
-            deployment_id="d1",
+            run_id="d1",
             model="smollm2",
             status_code=200 if i % 2 else 500,
             finish_reason="stop",
@@ -94,9 +95,9 @@ def test_rows_written_at_head_survive_a_round_trip_through_0003(database_url):
         with engine.begin() as conn:
             conn.execute(insert(Request), rows)
 
-        assert migrate.migrate_to(database_url, "0002").revisions == [ALL[2]]
+        assert migrate.migrate_to(database_url, "0002").revisions == [ALL[3], ALL[2]]
         assert "stream" not in {c["name"] for c in inspect(engine).get_columns("requests")}
-        assert migrate.migrate_to(database_url, "head").revisions == [ALL[2]]
+        assert migrate.migrate_to(database_url, "head").revisions == [ALL[2], ALL[3]]
 
         with engine.connect() as conn:
             back = [row._asdict() for row in conn.execute(select(Request.__table__).order_by(Request.id))]
@@ -105,6 +106,88 @@ def test_rows_written_at_head_survive_a_round_trip_through_0003(database_url):
     # Everything survives; the stream flag, which 0002 cannot hold, comes back as the column's default.
     assert back == [{**row, "stream": False} for row in rows]
 
+
+# The tables as 0003 names them, typed like the models so timestamps read back the same on both databases.
+OLD_RUNS = table("deployments", *(column(c.name, c.type) for c in Run.__table__.columns))
+OLD_REQUESTS = table(
+    "requests",
+    *(column("deployment_id" if c.name == "run_id" else c.name, c.type) for c in Request.__table__.columns),
+)
+
+
+def schema_names(engine, runs_table: str) -> tuple[str | None, dict[str, list[str]]]:
+    """The runs table's primary key name and the requests indexes (name -> columns)."""
+    inspector = inspect(engine)
+    indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes("requests")}
+    return inspector.get_pk_constraint(runs_table)["name"], indexes
+
+
+def test_0004_renames_deployments_to_runs_keeping_the_data(database_url):
+    migrate.upgrade(database_url, to="0003")
+    started = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    run = dict(
+        id="5f0c6a52-3d7e-4c1b-9a43-0d2b6f1e8a90",
+        app_name="demo",
+        spec_text='name = "demo"\n',
+        spec_hash="ab" * 32,
+        ray_address="ray://head:10001",
+        base_url="http://127.0.0.1:8000/v1",
+        started_at=started,
+        stopped_at=started + timedelta(hours=2),
+        state="stopped",
+        error=None,
+    )
+    requests = [
+        dict(
+            id=f"chatcmpl-{i}",
+            # One request served while the run's row could not be written: it keeps no run id.
+            deployment_id=None if i == 3 else run["id"],
+            model="smollm2",
+            status_code=200 if i else 500,
+            finish_reason="stop",
+            prompt_tokens=10 + i,
+            completion_tokens=20 + i,
+            ttft_ms=1.5 * i,
+            latency_ms=10.0 * i,
+            stream=i % 2 == 0,
+            created_at=started + timedelta(seconds=i),
+        )
+        for i in range(4)
+    ]
+    renamed = [{("run_id" if key == "deployment_id" else key): value for key, value in row.items()} for row in requests]
+    sqlite = database_url.startswith("sqlite")
+    engine = engine_for(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(OLD_RUNS), [run])
+            conn.execute(insert(OLD_REQUESTS), requests)
+
+        assert migrate.upgrade(database_url) == [ALL[3]]
+        assert tables(database_url) == {"alembic_version", "runs", "requests"}
+        with engine.connect() as conn:
+            assert [row._asdict() for row in conn.execute(select(Run.__table__))] == [run]
+            assert [row._asdict() for row in conn.execute(select(Request.__table__).order_by(Request.id))] == renamed
+        # SQLite cannot rename a constraint: the primary key keeps its old name inside the table definition.
+        assert schema_names(engine, "runs") == (
+            "pk_deployments" if sqlite else "pk_runs",
+            {"ix_requests_created_at": ["created_at"], "ix_requests_run_id_created_at": ["run_id", "created_at"]},
+        )
+
+        down = migrate.migrate_to(database_url, "0003")
+        assert (down.direction, down.revisions) == ("down", [ALL[3]])
+        assert tables(database_url) == {"alembic_version", "deployments", "requests"}
+        with engine.connect() as conn:
+            assert [row._asdict() for row in conn.execute(select(OLD_RUNS))] == [run]
+            assert [row._asdict() for row in conn.execute(select(OLD_REQUESTS).order_by(OLD_REQUESTS.c.id))] == requests
+        assert schema_names(engine, "deployments") == (
+            "pk_deployments",
+            {
+                "ix_requests_created_at": ["created_at"],
+                "ix_requests_deployment_id_created_at": ["deployment_id", "created_at"],
+            },
+        )
+    finally:
+        engine.dispose()
 
 def test_models_match_the_migrated_schema(database_url):
     migrate.upgrade(database_url)
@@ -121,7 +204,7 @@ def test_models_match_the_migrated_schema(database_url):
 
 def test_status_pending_then_current(database_url):
     before = migrate.status(database_url)
-    assert (before.current, before.head, before.applied, before.pending) == (None, "0003", [], ALL)
+    assert (before.current, before.head, before.applied, before.pending) == (None, "0004", [], ALL)
     assert not before.is_current
 
     migrate.upgrade(database_url, to="0001")
@@ -130,7 +213,7 @@ def test_status_pending_then_current(database_url):
 
     migrate.upgrade(database_url)
     after = migrate.status(database_url)
-    assert (after.current, after.applied, after.pending, after.is_current) == ("0003", ALL, [], True)
+    assert (after.current, after.applied, after.pending, after.is_current) == ("0004", ALL, [], True)
 
 
 def test_require_current_names_the_command(database_url):
@@ -147,7 +230,7 @@ def test_require_current_names_the_command(database_url):
 
 
 def test_require_current_on_an_empty_database(database_url):
-    expected = r"has no aana tables yet \(3 migrations pending: 0001 .*\)\. Run `aana migrate`$"
+    expected = r"has no aana tables yet \(4 migrations pending: 0001 .*\)\. Run `aana migrate`$"
     with pytest.raises(SchemaError, match=expected):
         migrate.require_current(database_url)
 
@@ -161,7 +244,7 @@ def test_a_database_newer_than_the_code(database_url):
     finally:
         engine.dispose()
     expected = (
-        r"the database at .* is at revision 0099, which this version of aana does not know \(its newest is 0003\); "
+        r"the database at .* is at revision 0099, which this version of aana does not know \(its newest is 0004\); "
         r"upgrade aana or point at another database"
     )
     for call in (migrate.status, migrate.upgrade, migrate.require_current, lambda url: migrate.migrate_to(url, "0001")):
@@ -174,16 +257,16 @@ def test_an_unknown_target_lists_the_valid_revisions(database_url):
         migrate.migrate_to(database_url, "0042")
     assert str(raised.value) == (
         "unknown revision '0042'; valid revisions: base, 0001 (Create deployments), 0002 (Create requests), "
-        "0003 (Add requests.stream and a per-deployment index), head"
+        "0003 (Add requests.stream and a per-deployment index), 0004 (Rename deployments to runs), head"
     )
     assert tables(database_url) == set()
 
 
 def test_upgrade_refuses_to_go_down(database_url):
     migrate.upgrade(database_url)
-    with pytest.raises(StoreError, match=r"is at revision 0003, past 0001; going down is `aana migrate --to 0001`"):
+    with pytest.raises(StoreError, match=r"is at revision 0004, past 0001; going down is `aana migrate --to 0001`"):
         migrate.upgrade(database_url, to="0001")
-    assert version_rows(database_url) == ["0003"]
+    assert version_rows(database_url) == ["0004"]
 
 
 def test_migrate_to_the_current_revision_does_nothing(database_url):
@@ -203,7 +286,8 @@ def test_sql_writes_the_upgrade_without_a_server(url, create):
     assert create in text_
     assert "ALTER TABLE requests ADD COLUMN stream BOOLEAN" in text_
     assert text_.rstrip().endswith("COMMIT;")
-    assert "UPDATE alembic_version SET version_num='0003'" in text_
+    assert "ALTER TABLE deployments RENAME TO runs" in text_
+    assert "UPDATE alembic_version SET version_num='0004'" in text_
 
 
 def test_sql_for_a_range_and_for_going_down():
@@ -213,10 +297,9 @@ def test_sql_for_a_range_and_for_going_down():
     assert "DROP TABLE requests" in down and "DROP TABLE deployments" in down
 
 
-def test_the_sql_runs(database_url):
-    """What `--sql` prints is what a person would run by hand: it must build the same schema."""
-    script = migrate.sql(database_url)
-    engine = engine_for(database_url)
+def run_script(url: str, script: str) -> None:
+    """Run SQL as a person would paste it into the database's shell."""
+    engine = engine_for(url)
     try:
         raw = engine.raw_connection()
         try:
@@ -230,7 +313,19 @@ def test_the_sql_runs(database_url):
             raw.close()
     finally:
         engine.dispose()
+
+
+def test_the_sql_runs(database_url):
+    """What `--sql` prints is what a person would run by hand: it must build the same schema."""
+    run_script(database_url, migrate.sql(database_url))
     assert migrate.status(database_url).is_current
+    assert tables(database_url) == {"alembic_version", "runs", "requests"}
+
+
+def test_the_sql_for_going_down_runs(database_url):
+    migrate.upgrade(database_url)
+    run_script(database_url, migrate.sql(database_url, to="0003", start="head"))
+    assert migrate.status(database_url).current == "0003"
     assert tables(database_url) == {"alembic_version", "deployments", "requests"}
 
 

@@ -9,15 +9,16 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import create_engine, event, select
 
 from pg import create_database, drop_database
+from runtime.records import CompletionRecord
 from runtime.store import migrate
 from runtime.store.db import parse_url
 from runtime.store.models import Request
-from runtime.store.recorder import RequestRecord, RequestRecorder
+from runtime.store.recorder import RequestRecorder
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 
 
-def record(i: int, **overrides) -> RequestRecord:
+def record(i: int, **overrides) -> CompletionRecord:
     values = dict(
         id=f"chatcmpl-{i:05d}",
         model="smollm2",
@@ -31,7 +32,7 @@ def record(i: int, **overrides) -> RequestRecord:
         created_at=T0 + timedelta(seconds=i),
     )
     values.update(overrides)
-    return RequestRecord(**values)
+    return CompletionRecord(**values)
 
 
 def stored(url) -> list[dict]:
@@ -72,7 +73,7 @@ def insert_sizes(recorder: RequestRecorder) -> list[int]:
 
 def test_rows_are_written_in_batches_of_one_insert(database_url):
     migrate.upgrade(database_url)
-    recorder = RequestRecorder(database_url, deployment_id="dep-1", batch_size=100, flush_interval_s=60)
+    recorder = RequestRecorder(database_url, run_id="run-1", batch_size=100, flush_interval_s=60)
     sizes = insert_sizes(recorder)
     for i in range(250):
         recorder.record(record(i))
@@ -85,7 +86,7 @@ def test_rows_are_written_in_batches_of_one_insert(database_url):
     assert [row["id"] for row in rows] == [f"chatcmpl-{i:05d}" for i in range(250)]
     assert rows[3] == {
         "id": "chatcmpl-00003",
-        "deployment_id": "dep-1",
+        "run_id": "run-1",
         "model": "smollm2",
         "status_code": 200,
         "finish_reason": "stop",
@@ -103,10 +104,10 @@ def test_a_partial_batch_is_written_after_the_flush_interval(database_url):
     migrate.upgrade(database_url)
     recorder = RequestRecorder(database_url, batch_size=100, flush_interval_s=0.05)
     try:
-        recorder.record(record(1, deployment_id="own"))
+        recorder.record(record(1, run_id="own"))
         assert wait_for(lambda: recorder.written == 1)
         assert stored_ids(database_url) == ["chatcmpl-00001"]
-        assert stored(database_url)[0]["deployment_id"] == "own"
+        assert stored(database_url)[0]["run_id"] == "own"
     finally:
         recorder.close()
 

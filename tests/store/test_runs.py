@@ -1,4 +1,4 @@
-"""Deployment runs and request statistics, on SQLite and PostgreSQL."""
+"""`aana up` runs and request statistics, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from runtime.store import migrate, runs
 from runtime.store.errors import StoreError
-from runtime.store.recorder import RequestRecord, RequestRecorder
+from runtime.records import CompletionRecord
+from runtime.store.recorder import RequestRecorder
 from runtime.store.runs import ModelStats
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -20,7 +21,7 @@ def test_a_run_from_start_to_stop(database_url):
     migrate.upgrade(database_url)
     run_id = runs.record_start(database_url, "demo", SPEC, None, "http://127.0.0.1:8000/v1", now=T0)
 
-    started = runs.get_deployment(database_url, run_id)
+    started = runs.get_run(database_url, run_id)
     assert (started.app_name, started.state, started.ray_address, started.base_url) == (
         "demo",
         "starting",
@@ -32,10 +33,10 @@ def test_a_run_from_start_to_stop(database_url):
     assert started.started_at == T0 and started.stopped_at is None
 
     runs.record_state(database_url, run_id, "running")
-    assert runs.get_deployment(database_url, run_id).state == "running"
+    assert runs.get_run(database_url, run_id).state == "running"
 
     runs.record_stop(database_url, run_id, now=T0 + timedelta(hours=1))
-    stopped = runs.get_deployment(database_url, run_id)
+    stopped = runs.get_run(database_url, run_id)
     assert (stopped.state, stopped.stopped_at, stopped.error) == ("stopped", T0 + timedelta(hours=1), None)
 
 
@@ -43,24 +44,24 @@ def test_a_failed_run_keeps_its_error(database_url):
     migrate.upgrade(database_url)
     run_id = runs.record_start(database_url, "demo", SPEC, "ray://head:10001", "http://h:8000/v1")
     runs.record_stop(database_url, run_id, state="failed", error="model smollm2: out of memory")
-    failed = runs.get_deployment(database_url, run_id)
+    failed = runs.get_run(database_url, run_id)
     assert (failed.state, failed.error) == ("failed", "model smollm2: out of memory")
     assert failed.ray_address == "ray://head:10001"
 
 
-def test_recent_deployments_newest_first(database_url):
+def test_recent_runs_newest_first(database_url):
     migrate.upgrade(database_url)
     ids = [
         runs.record_start(database_url, app, SPEC, None, "u", now=T0 + timedelta(minutes=i))
         for i, app in enumerate(["a", "b", "a"])
     ]
-    assert [d.id for d in runs.recent_deployments(database_url)] == ids[::-1]
-    assert [d.id for d in runs.recent_deployments(database_url, app_name="a", limit=1)] == [ids[2]]
+    assert [r.id for r in runs.recent_runs(database_url)] == ids[::-1]
+    assert [r.id for r in runs.recent_runs(database_url, app_name="a", limit=1)] == [ids[2]]
 
 
 def test_unknown_run_and_unknown_state(database_url):
     migrate.upgrade(database_url)
-    with pytest.raises(StoreError, match=r"^no deployment 'nope' in the database at "):
+    with pytest.raises(StoreError, match=r"^no run 'nope' in the database at "):
         runs.record_state(database_url, "nope", "running")
     with pytest.raises(ValueError, match="state must be one of starting, running, stopped, failed, not 'paused'"):
         runs.record_state(database_url, "nope", "paused")
@@ -68,11 +69,11 @@ def test_unknown_run_and_unknown_state(database_url):
 
 def test_request_stats(database_url):
     migrate.upgrade(database_url)
-    recorder = RequestRecorder(database_url, deployment_id="run-1", flush_interval_s=60)
+    recorder = RequestRecorder(database_url, run_id="run-1", flush_interval_s=60)
     latencies = [10.0, 20.0, 30.0, 40.0, 50.0]
     for i, latency in enumerate(latencies):
         recorder.record(
-            RequestRecord(
+            CompletionRecord(
                 id=f"a{i}",
                 model="alpha",
                 status_code=500 if i == 4 else 200,
@@ -84,16 +85,16 @@ def test_request_stats(database_url):
                 created_at=T0 + timedelta(seconds=i),
             )
         )
-    recorder.record(RequestRecord(id="b0", model="beta", status_code=400, latency_ms=7.0, created_at=T0))
+    recorder.record(CompletionRecord(id="b0", model="beta", status_code=400, latency_ms=7.0, created_at=T0))
     recorder.record(
-        RequestRecord(id="old", model="alpha", status_code=200, latency_ms=9e9, created_at=T0 - timedelta(days=1))
+        CompletionRecord(id="old", model="alpha", status_code=200, latency_ms=9e9, created_at=T0 - timedelta(days=1))
     )
     recorder.record(
-        RequestRecord(id="other", model="beta", status_code=200, latency_ms=1.0, created_at=T0, deployment_id="run-2")
+        CompletionRecord(id="other", model="beta", status_code=200, latency_ms=1.0, created_at=T0, run_id="run-2")
     )
     assert recorder.close(timeout=10)
 
-    assert runs.request_stats(database_url, since=T0, deployment_id="run-1") == [
+    assert runs.request_stats(database_url, since=T0, run_id="run-1") == [
         # ttft of the four successes [1, 2, 3, 4]: p50 = 2.5, p95 = 3 + 0.85 * 1; latency p95 = 40 + 0.8 * 10
         ModelStats("alpha", 5, 1, 2, 15, 10, 2.5, pytest.approx(3.85), 30.0, pytest.approx(48.0)),
         ModelStats("beta", 1, 1, 0, 0, 0, None, None, 7.0, 7.0),

@@ -57,7 +57,7 @@ def test_missing_driver_fails_the_recorder_at_construction(monkeypatch):
         RequestRecorder("postgres://aana:s3cret@db/aana")
 
 
-@pytest.mark.parametrize("call", [migrate.status, migrate.upgrade, migrate.require_current, runs.recent_deployments])
+@pytest.mark.parametrize("call", [migrate.status, migrate.upgrade, migrate.require_current, runs.recent_runs])
 def test_unreachable_server(call):
     url = f"postgresql://aana:s3cret@127.0.0.1:{free_port()}/aana"
     with pytest.raises(StoreError) as raised:
@@ -130,5 +130,5 @@ def test_default_url_follows_xdg_and_creates_the_folder(tmp_path):
 def test_the_default_database_migrates(tmp_path):
     url, source = resolve_database_url(None, None, {"HOME": str(tmp_path)})
     assert source == "default"
-    assert [r.rev for r in migrate.upgrade(url)] == ["0001", "0002", "0003"]
+    assert [r.rev for r in migrate.upgrade(url)] == ["0001", "0002", "0003", "0004"]
     assert (tmp_path / ".local" / "share" / "aana" / "aana.db").is_file()
