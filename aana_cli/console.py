@@ -1,6 +1,7 @@
-"""Rich rendering for the commands: the plan summary, deploy progress, the ready banner, and errors.
+"""Rich rendering for the commands: the plan summary, deploy progress, the ready banner, status, and errors.
 
-Results a script may read go to stdout; progress, warnings and errors go to stderr.
+Results a script may read go to stdout; progress, warnings and errors go to stderr. `ConsoleObserver` renders what
+`runtime.lifecycle` reports while an app starts, serves and stops.
 """
 
 from __future__ import annotations
@@ -8,12 +9,14 @@ from __future__ import annotations
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
-
-__all__ = ["escape", "out", "err"]
+from rich.status import Status
 from rich.table import Table
 
-from runtime.launcher import Progress
+from runtime.cluster import Progress
+from runtime.lifecycle import Serving
 from runtime.plan import AppPlan
+
+__all__ = ["escape", "out", "err"]
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -44,8 +47,8 @@ def plan_table(plan: AppPlan) -> Table:
         )
         grid.add_row("  context", f"{d.max_model_len} tokens" if d.max_model_len else "the model's own")
         grid.add_row("  template", "the model's own" if d.chat_template is None else "from the spec")
-        grid.add_row("  sampling", _pairs(d.sampling) or "engine defaults")
-        options = {k: v for k, v in (d.options | d.engine_args).items() if v is not None}
+        grid.add_row("  sampling", _pairs(d.sampling.model_dump(exclude_none=True)) or "engine defaults")
+        options = {k: v for k, v in (d.options.model_dump() | d.engine_args).items() if v is not None}
         if options:
             grid.add_row("  options", _pairs(options))
     return grid
@@ -73,24 +76,44 @@ def progress_table(progress: Progress) -> Table:
     return table
 
 
-class ProgressView:
-    """A live table on a terminal; one line per change elsewhere (logs, CI, pipes)."""
+class ConsoleObserver:
+    """What `aana up` shows while it works: a spinner per step, a live deploy table on a terminal (one line per
+    change elsewhere: logs, CI, pipes), notes and warnings on stderr, and the banner on stdout once serving."""
 
     def __init__(self) -> None:
-        self.live = Live(console=err, refresh_per_second=4, transient=True) if err.is_terminal else None
+        self.live: Live | None = None
+        self.spinner: Status | None = None
         self.seen: dict[str, str] = {}
 
-    def __enter__(self) -> ProgressView:
-        if self.live:
-            self.live.__enter__()
-        return self
+    def close(self) -> None:
+        if self.spinner is not None:
+            self.spinner.stop()
+            self.spinner = None
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+            self.live = None
 
-    def __exit__(self, *exc: object) -> None:
-        if self.live:
-            self.live.__exit__(*exc)
+    def step(self, message: str) -> None:
+        self.close()
+        if err.is_terminal:
+            self.spinner = err.status(escape(message))
+            self.spinner.start()
 
-    def update(self, progress: Progress) -> None:
-        if self.live:
+    def info(self, message: str) -> None:
+        self.close()
+        err.print(escape(message), soft_wrap=True)
+
+    def warning(self, message: str) -> None:
+        self.close()
+        warning(message)
+
+    def progress(self, progress: Progress) -> None:
+        if self.spinner is not None:
+            self.close()
+        if err.is_terminal:
+            if self.live is None:
+                self.live = Live(console=err, refresh_per_second=4, transient=True)
+                self.live.__enter__()
             self.live.update(progress_table(progress))
             return
         for d in progress.deployments:
@@ -98,19 +121,25 @@ class ProgressView:
                 self.seen[d.name] = d.status
                 err.print(f"[{progress.elapsed_s:5.1f} s] {d.name}: {d.status}")
 
+    def serving(self, serving: Serving) -> None:
+        self.close()
+        ready_banner(serving)
 
-def ready_banner(plan: AppPlan, detached_pid: int | None = None, log: str | None = None) -> None:
-    out.print(f"[bold green]aana is serving[/] app {plan.app_name} at {plan.base_url}/v1")
-    out.print(f"models: {', '.join(plan.model_ids)}")
+
+def ready_banner(serving: Serving) -> None:
+    out.print(f"[bold green]aana is serving[/] app {serving.app} at {serving.base_url}/v1")
+    out.print(f"models: {', '.join(serving.models)}")
     out.print(
-        f"try: curl {plan.base_url}/v1/chat/completions -H 'Content-Type: application/json' "
-        f"-d '{{\"model\": \"{plan.model_ids[0]}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
+        f"try: curl {serving.base_url}/v1/chat/completions -H 'Content-Type: application/json' "
+        f"-d '{{\"model\": \"{serving.models[0]}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
         soft_wrap=True,
     )
-    if detached_pid is None:
+    if serving.pid is None:
         err.print("[dim]press Ctrl-C to stop[/]")
     else:
-        err.print(f"running in the background (pid {detached_pid}, log {escape(log or '-')}); stop it with `aana down`")
+        err.print(
+            f"running in the background (pid {serving.pid}, log {escape(serving.log or '-')}); stop it with `aana down`"
+        )
 
 
 def status_view(snapshot: dict) -> None:

@@ -7,17 +7,22 @@ Exit codes: 0 success; 1 the spec or the deployment failed (the message says why
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.markup import escape
 
-from aana_cli import console, serve_cmds
+from aana_cli import console
 from aana_cli.options import Address, DatabaseUrl, DrainTimeout, Host, Json, Port, SpecPath
+from runtime import lifecycle
 from runtime.engines.registry import ENGINES, missing_packages
-from runtime.plan import AppPlan, build_plan, local_path_problems
-from runtime.spec import SpecError, load_spec
+from runtime.errors import LaunchError
+from runtime.plan import AppPlan, load_plan, local_path_problems
+from runtime.preflight import engine_args_problems
+from runtime.spec import SpecError
 
 app = typer.Typer(
     name="aana",
@@ -27,34 +32,41 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+_SPEC_HINT = "fix the keys above; `aana validate SPEC` checks a spec without starting anything"
 
-def _load(path: Path) -> AppPlan:
+
+@contextmanager
+def _exit_codes(as_json: bool = False) -> Iterator[None]:
+    """The command boundary: domain errors become messages on stderr (or a JSON error) and their exit codes."""
     try:
-        spec = load_spec(path)
-        return build_plan(spec, base_dir=path.parent, source=str(path))
+        yield
     except SpecError as exc:
-        console.error(str(exc), hint="fix the keys above; `aana validate SPEC` checks a spec without starting anything")
+        console.error(str(exc), hint=_SPEC_HINT)
         raise typer.Exit(1) from None
+    except LaunchError as exc:
+        if as_json:
+            console.out.print_json(json.dumps({"error": str(exc), "exit_code": exc.exit_code}))
+        elif exc.exit_code != 130:  # an interrupt was already reported as it happened
+            for problem in exc.problems:
+                console.error(problem)
+        raise typer.Exit(exc.exit_code) from None
 
 
 @app.command()
 def validate(spec: SpecPath, as_json: Json = False) -> None:
     """Check a spec and print the deployment plan. Exit 0 when valid, 1 when not."""
-    plan = _load(spec)
-    for d in plan.deployments:
-        if missing := missing_packages(d.engine):
-            console.warning(
-                f"deployment {d.model_id!r}: engine {d.engine!r} needs {', '.join(missing)}, not installed here "
-                f"(`aana up` will refuse); install it: {ENGINES[d.engine].install_hint}"
-            )
-    for problem in local_path_problems(plan):
-        console.warning(str(problem))
-    from runtime.launcher import engine_arg_problems
-
-    if problems := engine_arg_problems(plan):
-        for problem in problems:
-            console.error(problem)
-        raise typer.Exit(1)
+    with _exit_codes():
+        plan = load_plan(spec)
+        for d in plan.deployments:
+            if missing := missing_packages(d.engine):
+                console.warning(
+                    f"deployment {d.model_id!r}: engine {d.engine!r} needs {', '.join(missing)}, not installed here "
+                    f"(`aana up` will refuse); install it: {ENGINES[d.engine].install_hint}"
+                )
+        for problem in local_path_problems(plan):
+            console.warning(str(problem))
+        if problems := engine_args_problems(plan):
+            raise LaunchError(*problems)
     if as_json:
         console.out.print_json(json.dumps(_plan_json(plan), default=str))
     else:
@@ -75,8 +87,8 @@ def _plan_json(plan: AppPlan) -> dict:
                 "num_cpus": d.num_cpus,
                 "num_gpus": d.num_gpus,
                 "max_model_len": d.max_model_len,
-                "sampling": d.sampling,
-                "options": d.options,
+                "sampling": d.sampling.model_dump(exclude_none=True),
+                "options": d.options.model_dump(),
                 "engine_args": d.engine_args,
             }
             for d in plan.deployments
@@ -97,17 +109,16 @@ def up(
     migrate: bool = typer.Option(False, "--migrate", help="Bring the database up to date first (aana migrate)."),
 ) -> None:
     """Deploy the spec on Ray Serve and serve until Ctrl-C (or, with --detach, until `aana down`)."""
-    plan = _load(spec).with_server(host, port)
-    options = serve_cmds.UpOptions(address or plan.ray_address, timeout, drain_timeout)
-    if detach:
-        child_args = [str(spec.resolve()), "--timeout", str(timeout), "--drain-timeout", str(drain_timeout)]
-        child_args += ["--port", str(plan.port), "--host", plan.host]
-        child_args += ["--address", options.address] if options.address else []
-        child_args += ["--database-url", database_url] if database_url else []
-        child_args += ["--migrate"] if migrate else []
-        serve_cmds.up_detached(plan, child_args, options)
-    else:
-        serve_cmds.up_foreground(plan, options, spec, database_url, migrate)
+    request = lifecycle.UpRequest(str(spec), address, host, port, timeout, drain_timeout, database_url, migrate)
+    observer = console.ConsoleObserver()
+    try:
+        with _exit_codes():
+            if detach:
+                console.ready_banner(lifecycle.up_detached(request, observer))
+            else:
+                lifecycle.up(request, observer)
+    finally:
+        observer.close()
 
 
 @app.command()
@@ -117,7 +128,9 @@ def down(
     drain_timeout: DrainTimeout = 30.0,
 ) -> None:
     """Stop an app gracefully: refuse new requests, let those in flight finish, remove it, stop the Ray aana started."""
-    serve_cmds.down(app_name, address, drain_timeout)
+    with _exit_codes():
+        name = lifecycle.down(app_name, address, drain_timeout, console.ConsoleObserver())
+    console.out.print(f"stopped {name}")
 
 
 @app.command()
@@ -144,7 +157,15 @@ def status(address: Address = None, as_json: Json = False, database_url: Databas
 
     Exit codes: 0 all healthy, 1 something unhealthy or still deploying, 2 nothing running, 3 cluster unreachable.
     """
-    serve_cmds.status(address, as_json, database_url)
+    from runtime.status import exit_code
+
+    with _exit_codes(as_json):
+        snapshot = lifecycle.status(address, database_url, console.ConsoleObserver())
+    if as_json:
+        console.out.print_json(json.dumps(snapshot))
+    else:
+        console.status_view(snapshot)
+    raise typer.Exit(exit_code(snapshot))
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def serve_aana(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dic
 
 
 def serve_vllm(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dict[int, list[RunResult]]:
-    from runtime.models import resolve_weights
+    from runtime.weights import resolve_weights
     from runtime.plan import build_plan
     from runtime.spec import load_spec
 

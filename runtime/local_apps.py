@@ -1,4 +1,4 @@
-"""Local records of running `aana up` processes, so `aana status` and `aana down` find them from any terminal.
+"""Which apps this machine's `aana up` processes serve, so `aana status` and `aana down` find them from any terminal.
 
 One small JSON file per app in the state directory (`$AANA_STATE_DIR`, else `$XDG_STATE_HOME/aana`, else
 `~/.local/state/aana`), written once the app serves and removed when that `aana up` exits. A record whose process
@@ -23,7 +23,7 @@ class AppRecord:
     started_at: float
     owns_ray: bool  # True when that process started the Ray it runs on (and stops it on exit)
     log: str | None = None  # where a detached `aana up` writes its output
-    deployment_id: str | None = None  # the row in the database's deployments table
+    run_id: str | None = None  # this run's row in the database's runs table
     ray_auth_mode: str | None = None  # RAY_AUTH_MODE of the owning process, for drivers that join later
     database_url: str | None = None  # where the app records its requests (the file is private to the user)
 

@@ -1,7 +1,9 @@
-"""AppSpec -> AppPlan: the plain, picklable description of what to deploy. Pure: no Ray, no engine libraries.
+"""AppSpec -> AppPlan: the typed, picklable description of what to deploy. Pure: no Ray, no engine libraries.
 
 The plan resolves everything that depends on where the spec file lives (relative paths, template files) so that a
-replica on another node needs nothing but the plan. Problems found here are SpecErrors that name the key path.
+replica on another node needs nothing but its `DeploymentPlan`. Each plan computes its own Ray Serve deployment
+options, and each model's `ModelCard` is all the ingress gets. Problems found here are SpecErrors that name the key
+path.
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from runtime.engines.options import EngineOptions
 from runtime.engines.registry import ENGINES
-from runtime.spec import AppSpec, Problem, SpecError
+from runtime.model_api import ModelCard
+from runtime.spec import AppSpec, Problem, SamplingSpec, SpecError, load_spec
 
 BUNDLED_TEMPLATES = ("llama2", "chatml")
 INGRESS_NUM_CPUS = 0.1
 INGRESS_NAME = "OpenAIIngress"  # the Ray Serve deployment name of the HTTP ingress
-DEFAULT_HEALTH_CHECK_PERIOD_S = 10.0
+INGRESS_MAX_ONGOING_REQUESTS = 1000  # the ingress only relays; the models' own limits are what bound the work
+# Ray's periodic replica health check: a replica whose engine fails it is replaced.
+HEALTH_CHECK_PERIOD_S = 10.0
+HEALTH_CHECK_TIMEOUT_S = 30.0
+GRACEFUL_SHUTDOWN_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,14 +53,38 @@ class DeploymentPlan:
     num_gpus: float
     max_ongoing_requests: int
     max_model_len: int | None
-    sampling: dict[str, Any]  # the spec's defaults, only those set
-    options: dict[str, Any]  # engine-specific keys of the spec (dtype, device, quantization, ...)
-    engine_args: dict[str, Any]  # the pass-through table, untouched
-    supports: frozenset[str] = field(default_factory=frozenset)
+    sampling: SamplingSpec  # the spec's defaults for what a request leaves out
+    options: EngineOptions  # the engine's own keys of the spec (dtype, device, quantization, ...), typed
+    engine_args: dict[str, Any] = field(default_factory=dict)  # the pass-through table, untouched
+
+    @property
+    def supports(self) -> frozenset[str]:
+        return ENGINES[self.engine].supports
 
     @property
     def ray_actor_options(self) -> dict[str, Any]:
         return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments for this model's `serve.Deployment.options` (the caller adds the runtime env)."""
+        return {
+            "name": self.model_id,
+            "num_replicas": self.num_replicas,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "ray_actor_options": self.ray_actor_options,
+            "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+            "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
+            "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_TIMEOUT_S,
+        }
+
+    def card(self) -> ModelCard:
+        return ModelCard(
+            id=self.model_id,
+            engine=self.engine,
+            max_model_len=self.max_model_len,
+            supports=self.supports,
+            sampling=self.sampling.model_dump(exclude_none=True),
+        )
 
 
 def base_url(host: str, port: int) -> str:
@@ -75,11 +107,23 @@ class AppPlan:
     ray_num_cpus: int | None
     deployments: tuple[DeploymentPlan, ...]
     ingress_num_cpus: float = INGRESS_NUM_CPUS
-    run_id: str | None = None  # this `aana up`'s row in the database's deployments table
 
     @property
     def model_ids(self) -> list[str]:
         return [d.model_id for d in self.deployments]
+
+    @property
+    def cards(self) -> tuple[ModelCard, ...]:
+        return tuple(d.card() for d in self.deployments)
+
+    def ingress_options(self) -> dict[str, Any]:
+        """Keyword arguments for the ingress's `serve.Deployment.options`."""
+        return {
+            "name": INGRESS_NAME,
+            "num_replicas": 1,
+            "max_ongoing_requests": INGRESS_MAX_ONGOING_REQUESTS,
+            "ray_actor_options": {"num_cpus": self.ingress_num_cpus},
+        }
 
     @property
     def base_url(self) -> str:
@@ -91,10 +135,10 @@ class AppPlan:
         return replace(self, host=host or self.host, port=port or self.port)
 
 
-_COMMON_KEYS = {
-    "engine", "model", "tokenizer", "revision", "num_replicas", "num_cpus", "num_gpus", "max_model_len",
-    "max_ongoing_requests", "chat_template", "sampling", "engine_args",
-}  # fmt: skip
+def load_plan(path: str | Path, host: str | None = None, port: int | None = None) -> AppPlan:
+    """Read a spec file and plan it; `host` and `port` override its [server] table. Raises SpecError."""
+    path = Path(path)
+    return build_plan(load_spec(path), base_dir=path.parent, source=str(path)).with_server(host, port)
 
 
 def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>") -> AppPlan:
@@ -106,8 +150,9 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
         path = f"deployments.{name}"
         model_source = resolve_model_source(dep.model, dep.revision, base)
         template = _resolve_template(dep.chat_template, base, f"{path}.chat_template", problems)
+        engine = ENGINES[dep.engine]
         for key in dep.sampling.model_dump(exclude_none=True):
-            if key not in ENGINES[dep.engine].supports:
+            if key not in engine.supports:
                 problems.append(
                     Problem(f"{path}.sampling.{key}", f"the {dep.engine} engine cannot honour {key}; remove it")
                 )
@@ -126,10 +171,9 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
                 num_gpus=dep.num_gpus,
                 max_ongoing_requests=dep.max_ongoing_requests,
                 max_model_len=dep.max_model_len,
-                sampling=dep.sampling.model_dump(exclude_none=True),
-                options={k: v for k, v in dep.model_dump().items() if k not in _COMMON_KEYS},
+                sampling=dep.sampling,
+                options=engine.options.model_validate(dep.model_dump(include=set(engine.options.model_fields))),
                 engine_args=dict(dep.engine_args),
-                supports=ENGINES[dep.engine].supports,
             )
         )
     if problems:

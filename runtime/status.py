@@ -1,13 +1,11 @@
 """What runs: one JSON-ready snapshot of the Ray cluster, its Serve apps, deployments, replicas and endpoints.
 
-Read through the Ray driver API (no dashboard, no `serve` CLI, so Ray's token authentication does not matter).
-`snapshot_from()` is pure and turns the raw Ray answers into the documented shape (STATUS_SCHEMA), so it is
-tested without a cluster. Exit codes for `aana status` are derived here too.
+Pure: `runtime.cluster.read_snapshot` asks Ray and `snapshot_from()` turns the raw answers into the documented
+shape (STATUS_SCHEMA), so the shape is tested without a cluster. Exit codes for `aana status` are derived here too.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from runtime.plan import INGRESS_NAME, base_url
@@ -100,16 +98,6 @@ STATUS_SCHEMA: dict[str, Any] = {
         },
     },
 }
-
-
-def read_snapshot(address: str) -> dict[str, Any]:
-    """Ask the connected Ray cluster (ray.init already done) for everything `aana status` shows."""
-    import ray
-    from ray.serve.context import _get_global_client
-
-    client = _get_global_client(raise_if_no_controller_running=False)
-    details = client.get_serve_details() if client is not None else {}  # no controller: nothing is served
-    return snapshot_from(address, ray.nodes(), ray.cluster_resources(), ray.available_resources(), details, time.time())
 
 
 def snapshot_from(

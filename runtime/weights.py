@@ -63,6 +63,16 @@ def resolve_weights(source: ModelSource, tokenizer: str | None = None) -> Resolv
     return ResolvedModel(str(path), None, tokenizer)
 
 
+def offline_hint(location: str) -> str:
+    """What to add to a "cannot load" message for a Hugging Face id while the hub is offline ("" otherwise)."""
+    if os.path.isabs(location) or not os.environ.get("HF_HUB_OFFLINE"):
+        return ""
+    return (
+        " HF_HUB_OFFLINE is set, so only the local Hugging Face cache was searched: download it first "
+        f"(`hf download {location}`) or point `model` at a local folder."
+    )
+
+
 def package_file(location: str) -> Path:
     """`<python_package>/<relative file>` -> the file's path, found without importing the package.
 

@@ -136,6 +136,14 @@ def completion_budget(prompt_tokens: int, max_tokens: int | None, requested: boo
     return min(max_tokens, room)
 
 
+def no_chat_template_error(config: Any) -> RuntimeError:
+    """The one wording for a model without a chat template and a spec that names none (a start-up failure)."""
+    return RuntimeError(
+        f"the tokenizer of {config.source.describe()} has no chat template; set `chat_template` in the spec for "
+        f"deployment {config.model_id!r} (a bundled name such as \"chatml\", a file, or Jinja text)"
+    )
+
+
 def chat_prompt_ids(tokenizer: Any, messages: Any, chat_template: str | None = None) -> list[int]:
     """Apply a Hugging Face tokenizer's chat template (or `chat_template`) and return the prompt's token ids."""
     from jinja2 import TemplateError

@@ -1,7 +1,10 @@
-"""A scripted fake engine: answers with the last user message, word by word. No ML library.
+"""A scripted fake engine: answers with the last user message, word by word, or with replies a test queued. No ML.
 
-It goes through the same registry, deployment and ingress as the real engines, so the serving path can be tested
+It goes through the same registry, replica class and ingress as the real engines, so the serving path can be tested
 and benchmarked in seconds. Token = whitespace-separated word (a stand-in tokenizer that counts what it streams).
+Like simonw/llm's MockModel, a test can `enqueue` the next replies (text pieces, exact deltas, or an exception to
+raise mid-stream) and read `history`, the exact `GenerationRequest`s the engine received, so an HTTP test asserts
+the generation parameters a request produced. `unhealthy` makes its health check fail with that reason.
 
 Choices (`n`) advance together, one word each per step, so their deltas interleave as a batching engine's do.
 Choice 0 always echoes the words as they are; when sampling (temperature > 0) choice i echoes them rotated left by
@@ -13,7 +16,8 @@ synthetic (`<alt1>`, `<alt2>` ...), each one nat less likely than the one before
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from runtime.engines.base import (
     Delta,
@@ -33,13 +37,47 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
+# One queued reply: text pieces (one delta each, then a "stop"), exact Deltas, or an exception raised at that point.
+ReplyItem = str | Delta | BaseException
+
+
 class EchoEngine(Engine):
+    def __init__(self, config: object):
+        super().__init__(config)
+        self.history: list[GenerationRequest] = []  # every request received, in order
+        self.unhealthy: str | None = None  # set: check_health fails with this reason
+        self.running = 0
+        self._replies: deque[list[ReplyItem]] = deque()
+
     async def start(self) -> None:
         self.max_model_len = self.config.max_model_len or DEFAULT_MAX_MODEL_LEN
-        self.delay = float(self.config.options.get("token_delay_s", 0.0))
+        self.delay = self.config.options.token_delay_s
+
+    def enqueue(self, reply: Iterable[ReplyItem]) -> None:
+        """Script the reply to the next request that finds the queue non-empty (first in, first out)."""
+        self._replies.append(list(reply))
+
+    async def check_health(self) -> None:
+        if self.unhealthy is not None:
+            raise RuntimeError(self.unhealthy)
+
+    def load(self) -> dict[str, int]:
+        return {"running": self.running}
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        self.history.append(request)
         prompt_tokens = sum(count_tokens(m["content"]) + 2 for m in request.messages)
+        reply = self._replies.popleft() if self._replies else None
+        items = _scripted(reply, prompt_tokens) if reply is not None else self._echo(request, prompt_tokens)
+        self.running += 1
+        try:
+            async for delta in items:
+                yield delta
+        finally:
+            self.running -= 1
+            await items.aclose()
+
+    async def _echo(self, request: GenerationRequest, prompt_tokens: int) -> AsyncIterator[Delta]:
         params = request.params
         max_tokens = completion_budget(prompt_tokens, params.max_tokens, request.max_tokens_requested, self.max_model_len)
         last_user = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
@@ -56,6 +94,21 @@ class EchoEngine(Engine):
                 if not choice.done:
                     for delta in choice.step(prompt_tokens):
                         yield delta
+
+
+async def _scripted(reply: list[ReplyItem], prompt_tokens: int) -> AsyncIterator[Delta]:
+    produced, finished = 0, False
+    for item in reply:
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, Delta):
+            finished = finished or item.finish_reason is not None
+            yield item
+            continue
+        produced += 1
+        yield Delta(item, prompt_tokens, produced)
+    if not finished:
+        yield Delta("", prompt_tokens, produced, "stop")
 
 
 def _rotate(words: Sequence[str], by: int) -> list[str]:

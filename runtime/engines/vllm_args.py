@@ -41,7 +41,7 @@ class VLLMConfigError(ValueError):
 def engine_args(plan: Any, model_path: str, tokenizer: str | None, gpu_total_mb: float | None) -> dict[str, Any]:
     """Keyword arguments for `AsyncEngineArgs`.
 
-    `model_path` and `tokenizer` come from `runtime.models.resolve_weights` (GGUF already converted);
+    `model_path` and `tokenizer` come from `runtime.weights.resolve_weights` (GGUF already converted);
     `gpu_total_mb` is the memory of the GPU this replica got, None when it has none (the CPU backend).
     """
     options = plan.options
@@ -51,11 +51,11 @@ def engine_args(plan: Any, model_path: str, tokenizer: str | None, gpu_total_mb:
         "tokenizer": tokenizer,
         # resolve_weights keeps the revision only for Hugging Face ids: a local or converted folder has none.
         "revision": plan.source.revision if plan.source.kind == "hub" else None,
-        "dtype": options.get("dtype", "auto"),
-        "quantization": options.get("quantization"),
+        "dtype": options.dtype,
+        "quantization": options.quantization,
         "max_model_len": plan.max_model_len,
-        "enforce_eager": _enforce_eager(options.get("enforce_eager"), on_gpu=gpu_total_mb is not None),
-        "tensor_parallel_size": int(options.get("tensor_parallel_size", 1)),
+        "enforce_eager": _enforce_eager(options.enforce_eager, on_gpu=gpu_total_mb is not None),
+        "tensor_parallel_size": options.tensor_parallel_size,
     }
     utilization = gpu_memory_utilization(plan, gpu_total_mb)
     if utilization is not None:
@@ -79,7 +79,7 @@ def check_collisions(plan: Any) -> None:
     problems = []
     for name in plan.engine_args:
         owner = DEDICATED.get(name)
-        if owner is None or (name == "kv_cache_memory_bytes" and plan.options.get("kv_cache_space_gb") is None):
+        if owner is None or (name == "kv_cache_memory_bytes" and plan.options.kv_cache_space_gb is None):
             continue  # kv_cache_memory_bytes is the user's to pass through when kv_cache_space_gb is unset
         problems.append(
             f"deployments.{plan.model_id}.engine_args.{name} sets what the spec key `{owner}` sets; "
@@ -92,8 +92,8 @@ def check_collisions(plan: Any) -> None:
 def gpu_memory_utilization(plan: Any, gpu_total_mb: float | None) -> float | None:
     """The fraction of the GPU vLLM may use: the spec's fraction, or its reservation in MB over the GPU's total."""
     options = plan.options
-    fraction = options.get("gpu_memory_utilization")
-    reserved = options.get("gpu_memory_reserved")
+    fraction = options.gpu_memory_utilization
+    reserved = options.gpu_memory_reserved
     key = f"deployments.{plan.model_id}.gpu_memory_reserved"
     if reserved is None:
         return fraction
@@ -112,7 +112,7 @@ def gpu_memory_utilization(plan: Any, gpu_total_mb: float | None) -> float | Non
 
 
 def kv_cache_space_gb(plan: Any) -> float:
-    return float(plan.options.get("kv_cache_space_gb") or DEFAULT_KV_CACHE_SPACE_GB)
+    return float(plan.options.kv_cache_space_gb or DEFAULT_KV_CACHE_SPACE_GB)
 
 
 def _fractional_kv_cache_bytes(plan: Any) -> int | None:
@@ -136,7 +136,7 @@ def cpu_env(plan: Any, cpus: int, cores: Sequence[int] | None = None) -> dict[st
     variable is left out.
     """
     cores = list(range(cpus)) if cores is None else list(cores)[:cpus]
-    ranks = int(plan.options.get("tensor_parallel_size", 1))
+    ranks = plan.options.tensor_parallel_size
     if len(cores) < ranks:
         raise VLLMConfigError(
             f"deployments.{plan.model_id}.tensor_parallel_size = {ranks} needs at least {ranks} CPU cores on the "

@@ -6,31 +6,29 @@ The deployment's sampling defaults fill what the request leaves out. A field the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Set
 from typing import Any
 
 from runtime.engines.base import GenerationParams, GenerationRequest
+from runtime.model_api import ModelCard
 from runtime.openai.errors import APIError
 from runtime.openai.protocol import ChatCompletionRequest, ChatMessage
+from runtime.spec import SamplingSpec
 
-_SAMPLING_FIELDS = (
-    "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed",
-)  # fmt: skip
+# The spec's sampling defaults that a request field of the same name overrides one to one (max_tokens and stop
+# have rules of their own below).
+_SAMPLING_FIELDS = tuple(name for name in SamplingSpec.model_fields if name not in ("max_tokens", "stop"))
 # What the OpenAI API does when neither the request nor the spec sets a temperature.
 OPENAI_DEFAULT_TEMPERATURE = 1.0
 # Accepted only in their neutral form unless the engine supports them (some have no generation parameter yet).
 _GATED_FEATURES = ("ignore_eos", "logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls")
 
 
-def to_generation_request(
-    request: ChatCompletionRequest,
-    request_id: str,
-    defaults: Mapping[str, Any],
-    supports: Set[str],
-    engine: str,
-) -> GenerationRequest:
+def to_generation_request(request: ChatCompletionRequest, request_id: str, card: ModelCard) -> GenerationRequest:
+    """The engine's request for `card`'s model: the request's fields, else the spec's defaults, else the API's."""
+    defaults = card.sampling
     _check_logprobs(request)
-    _reject_unsupported(request, supports, engine)
+    _reject_unsupported(request, card.supports, card.engine)
     values: dict[str, Any] = {}
     for name in _SAMPLING_FIELDS:
         value = getattr(request, name)

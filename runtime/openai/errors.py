@@ -1,6 +1,10 @@
-"""The one error type of the HTTP layer, in the OpenAI envelope, and the mapping from engine stream errors."""
+"""The one error type of the HTTP layer, in the OpenAI envelope, and the mappings into it: from engine stream errors
+and from pydantic's validation errors (a 400 naming the field the client wrote, never FastAPI's 422)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from runtime.engines.base import StreamError
 from runtime.openai.protocol import ErrorBody, ErrorResponse
@@ -36,3 +40,34 @@ class APIError(Exception):
     def from_stream_error(cls, error: StreamError) -> APIError:
         code = "context_length_exceeded" if error.kind == "context_length" else None
         return cls(_STATUS_BY_KIND.get(error.kind, 500), error.message, error.param, code)
+
+
+# Parts of a pydantic error location that name a union member or a validator, not a field the client wrote.
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "function-after", "function-before"}
+
+
+def from_validation_errors(errors: Sequence[Any]) -> APIError:
+    """The first of pydantic's errors as a 400 in OpenAI's words, with `param` the path the client wrote."""
+    err = errors[0]
+    loc = [p for p in err["loc"] if p != "body"]
+    param = _param(loc)
+    if err["type"] == "extra_forbidden":
+        return APIError(400, f"Unrecognized request argument supplied: {param}", param=param)
+    if err["type"] == "missing":
+        return APIError(400, f"Missing required parameter: '{param}'", param=param)
+    if err["type"] == "too_short" and param == "messages":
+        return APIError(400, "'messages' must contain at least one message", param=param)
+    message = err["msg"].removeprefix("Value error, ")
+    return APIError(400, f"Invalid value for '{param}': {message}", param=param)
+
+
+def _param(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _TYPE_TAGS or "[" in str(part) or str(part)[:1].isupper():
+            break  # a union member's name, not a field the client wrote
+        else:
+            out += f".{part}" if out else str(part)
+    return out

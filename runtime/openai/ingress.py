@@ -1,39 +1,33 @@
-"""The OpenAI-compatible HTTP app: routes, auth, and the translation of every failure into the OpenAI error envelope.
+"""The OpenAI-compatible HTTP router: routes, auth and admission as dependencies, and every failure in the OpenAI
+error envelope.
 
-It talks to models through a `ModelBackend` (Ray Serve handles in production, in-process engines in tests), so the
-HTTP layer is tested without Ray. It reads the first item of a model stream before choosing the status code: a
-failure before the first token is a real 4xx/5xx, not a 200 followed by an error.
+Each route is a few lines that call `runtime.openai.service`. Models are reached through `ModelClient`s (Ray Serve
+handle adapters in production, in-process `ModelServer`s in tests), so the HTTP layer is tested without Ray.
+An `Exchange` follows one request from admission to its last byte: it counts the request in flight (so `aana down`
+can drain) and hands its meter's record to the recorder when the response, streamed or not, is done.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime.engines.base import GenerationRequest, StreamError
-from runtime.openai.convert import to_generation_request
-from runtime.openai.errors import APIError
+from runtime.model_api import ModelCard, ModelClient
+from runtime.openai.errors import APIError, from_validation_errors
 from runtime.openai.metering import Meter, OnRecord
-from runtime.openai.protocol import ChatCompletionRequest, ModelCard, ModelList
-from runtime.openai.streaming import ChunkWriter, ResponseIds, StreamItem, collect, stream_events
-from runtime.plan import DeploymentPlan
+from runtime.openai.service import ChatCompletions, Reply, health_report, model_list
 
 logger = logging.getLogger("aana.ingress")
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "function-after", "function-before"}
 
 
 class Admission:
@@ -52,32 +46,46 @@ class Admission:
         self.in_flight -= 1
 
 
-@dataclass(frozen=True)
-class ModelHealth:
-    problem: str | None = None  # None: ready
-    load: dict[str, int] = field(default_factory=dict)
+class Exchange:
+    """One admitted request, until its response has been sent (or has failed)."""
+
+    def __init__(self, admission: Admission, meter: Meter):
+        self.admission = admission
+        self.meter = meter
+        self._open = True
+
+    def close(self, status_code: int) -> None:
+        if self._open:
+            self._open = False
+            self.admission.leave()
+            self.meter.finish(status_code)
+
+    async def respond(self, work: Awaitable[Reply]) -> Response:
+        try:
+            reply = await work
+        except APIError as exc:
+            self.close(exc.status)
+            raise
+        except BaseException:
+            self.close(500)
+            raise
+        headers = {"x-request-id": reply.request_id}
+        if reply.events is None:
+            self.close(200)
+            return JSONResponse(reply.completion.model_dump(), headers=headers)
+        return StreamingResponse(self._then_close(reply.events), media_type="text/event-stream",
+                                 headers=_SSE_HEADERS | headers)  # fmt: skip
+
+    async def _then_close(self, events: AsyncIterator[str]) -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield event
+        finally:
+            self.close(200)
 
 
-class ModelBackend(Protocol):
-    def stream(self, model_id: str, request: GenerationRequest) -> AsyncIterator[StreamItem]:
-        """The model's deltas; closing the iterator must stop the generation."""
-
-    async def health(self) -> dict[str, ModelHealth]:
-        """model id -> whether it answers, and its load."""
-
-
-def create_app(
-    backend: ModelBackend,
-    deployments: Sequence[DeploymentPlan],
-    api_key: str | None = None,
-    admission: Admission | None = None,
-    on_record: OnRecord | None = None,
-) -> FastAPI:
-    app = FastAPI(title="aana", summary="OpenAI-compatible chat completions", docs_url="/docs", redoc_url=None)
-    admission = admission or Admission()
-    models = {d.model_id: d for d in deployments}
-    created = int(time.time())
-    _install_error_handlers(app)
+def bearer_auth(api_key: str | None) -> Callable[[Request], None]:
+    """A dependency that requires `Authorization: Bearer <api_key>` when a key is configured."""
 
     def authorize(request: Request) -> None:
         if api_key is None:
@@ -86,148 +94,42 @@ def create_app(
         if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
             raise APIError(401, "Incorrect API key provided; send `Authorization: Bearer <key>`", code="invalid_api_key")
 
-    def model_list(request: Request) -> dict[str, Any]:
-        authorize(request)
-        cards = [ModelCard(id=d.model_id, created=created, max_model_len=d.max_model_len) for d in deployments]
-        return ModelList(data=cards).model_dump()
+    return authorize
 
-    async def chat_completions(request: Request) -> Any:
-        authorize(request)
+
+def create_app(
+    models: Mapping[str, ModelClient],
+    cards: Sequence[ModelCard],
+    api_key: str | None = None,
+    admission: Admission | None = None,
+    on_record: OnRecord | None = None,
+) -> FastAPI:
+    app = FastAPI(title="aana", summary="OpenAI-compatible chat completions", docs_url="/docs", redoc_url=None)
+    _install_error_handlers(app)
+    chat = ChatCompletions(models, cards)
+    admission = admission or Admission()
+    authorized = [Depends(bearer_auth(api_key))]
+    created = int(time.time())
+
+    def admitted() -> Exchange:
         admission.enter()
-        meter = Meter(on_record)
-        try:
-            response = await _complete(request, meter)
-        except APIError as exc:
-            admission.leave()
-            meter.finish(exc.status)
-            raise
-        except BaseException:
-            admission.leave()
-            meter.finish(500)
-            raise
-        if isinstance(response, StreamingResponse):
-            response.body_iterator = _when_done(response.body_iterator, admission, meter)
-        else:
-            admission.leave()
-            meter.finish(response.status_code)
-        return response
+        return Exchange(admission, Meter(on_record))
 
-    async def _complete(request: Request, meter: Meter) -> Any:
-        body = await _parse_body(request)
-        meter.model, meter.stream = body.model, bool(body.stream)
-        if body.stream_options is not None and not body.stream:
-            raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
-        plan = models.get(body.model)
-        if plan is None:
-            raise APIError(
-                404,
-                f"The model `{body.model}` does not exist. Available models: {', '.join(models)}",
-                param="model",
-                code="model_not_found",
-            )
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        meter.request_id = request_id
-        generation = to_generation_request(body, request_id, plan.sampling, plan.supports, plan.engine)
-        meter.choices = generation.params.n
-        items = meter.watch(backend.stream(plan.model_id, generation))
-        first = await _first_item(items)
-        ids = ResponseIds(id=request_id, created=int(time.time()), model=plan.model_id)
-        chained = _chain(first, items)
-        headers = {"x-request-id": request_id}
-        n, logprobs = generation.params.n, generation.params.logprobs is not None
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = stream_events(chained, ChunkWriter(ids, include_usage, logprobs), n)
-            return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS | headers)
-        completion = await collect(chained, ids, n, logprobs)
-        return JSONResponse(completion.model_dump(), headers=headers)
+    async def chat_completions(request: Request, exchange: Exchange = Depends(admitted)) -> Response:
+        return await exchange.respond(chat.create(await request.body(), exchange.meter))
 
-    async def health() -> JSONResponse:
-        answers = await backend.health()
-        models = {
-            name: {"status": "unavailable", "reason": h.problem} if h.problem else {"status": "ready", **h.load}
-            for name, h in answers.items()
-        }
-        failing = {name: h.problem for name, h in answers.items() if h.problem}
-        if not failing:
-            return JSONResponse({"status": "ok", "models": models})
-        error = APIError(503, "not ready: " + "; ".join(f"{k}: {v}" for k, v in failing.items()))
-        return JSONResponse({"status": "unavailable", "models": models} | error.body(), status_code=503)
+    def models_route() -> dict[str, Any]:
+        return model_list(cards, created)
+
+    async def health() -> JSONResponse:  # open without a key: load balancers probe it
+        status, body = await health_report(models)
+        return JSONResponse(body, status_code=status)
 
     for prefix in ("/v1", ""):
-        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
-        app.add_api_route(f"{prefix}/models", model_list, methods=["GET"])
+        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"], dependencies=authorized)
+        app.add_api_route(f"{prefix}/models", models_route, methods=["GET"], dependencies=authorized)
     app.add_api_route("/health", health, methods=["GET"])
     return app
-
-
-async def _when_done(events: AsyncIterator[str], admission: Admission, meter: Meter) -> AsyncIterator[str]:
-    try:
-        async for event in events:
-            yield event
-    finally:
-        admission.leave()
-        meter.finish(200)
-
-
-async def _parse_body(request: Request) -> ChatCompletionRequest:
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "the request body must be a JSON object")
-    try:
-        return ChatCompletionRequest.model_validate(data)
-    except ValidationError as exc:
-        raise _validation_error(exc.errors()) from None
-
-
-def _validation_error(errors: Sequence[Any]) -> APIError:
-    err = errors[0]
-    loc = [p for p in err["loc"] if p != "body"]
-    param = _param(loc)
-    if err["type"] == "extra_forbidden":
-        return APIError(400, f"Unrecognized request argument supplied: {param}", param=param)
-    if err["type"] == "missing":
-        return APIError(400, f"Missing required parameter: '{param}'", param=param)
-    if err["type"] == "too_short" and param == "messages":
-        return APIError(400, "'messages' must contain at least one message", param=param)
-    message = err["msg"].removeprefix("Value error, ")
-    return APIError(400, f"Invalid value for '{param}': {message}", param=param)
-
-
-def _param(loc: Sequence[Any]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in _TYPE_TAGS or "[" in str(part) or str(part)[:1].isupper():
-            break  # a union member's name, not a field the client wrote
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-async def _first_item(items: AsyncIterator[StreamItem]) -> StreamItem:
-    try:
-        first = await items.__anext__()
-    except StopAsyncIteration:
-        raise APIError(500, "the model returned nothing; try again") from None
-    if isinstance(first, StreamError):
-        await items.aclose()
-        raise APIError.from_stream_error(first)
-    return first
-
-
-async def _chain(first: StreamItem, rest: AsyncIterator[StreamItem]) -> AsyncIterator[StreamItem]:
-    try:
-        yield first
-        async for item in rest:
-            yield item
-    finally:
-        await rest.aclose()  # a client that went away stops the generation
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -237,7 +139,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        error = _validation_error(exc.errors())
+        error = from_validation_errors(exc.errors())
         return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(StarletteHTTPException)

@@ -2,36 +2,22 @@
 
 A `Meter` watches the engine items of one request on their way to the client: the first text (time to first token),
 each choice's last delta (finish reasons; token counts, summed over the choices as the usage is) and in-band errors.
-The ingress hands the finished `CompletionRecord` to an optional callback; it never waits on it, so storage can
-never slow or fail a request.
+The ingress hands the finished `runtime.records.CompletionRecord` to an optional callback; it never waits on it, so
+storage can never slow or fail a request.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from runtime.engines.base import Delta, StreamError
+from runtime.records import CompletionRecord
 
 logger = logging.getLogger("aana.ingress")
-
-
-@dataclass(frozen=True)
-class CompletionRecord:
-    request_id: str
-    model: str
-    status_code: int
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_ms: float | None
-    latency_ms: float
-    stream: bool
-    created_at: datetime
-
 
 OnRecord = Callable[[CompletionRecord], None]
 
@@ -82,7 +68,7 @@ class Meter:
         if self.on_record is None:
             return
         record = CompletionRecord(
-            request_id=self.request_id,
+            id=self.request_id or f"rejected-{uuid.uuid4().hex}",  # refused before it got an id
             model=self.model,
             status_code=status_code,
             finish_reason=self._finish_reason(status_code),

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from runtime.engines.base import Delta, StreamError, TokenLogprob
+from runtime.model_api import StreamItem
 from runtime.openai.errors import APIError
 from runtime.openai.protocol import (
     ChatCompletion,
@@ -29,7 +30,6 @@ from runtime.openai.protocol import (
 )
 
 DONE = "data: [DONE]\n\n"
-StreamItem = Delta | StreamError
 # JSON has no -inf: vLLM's server (and OpenAI) send this for a token the model considers impossible.
 MIN_LOGPROB = -9999.0
 

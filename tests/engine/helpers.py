@@ -6,23 +6,21 @@ from dataclasses import replace
 from typing import Any
 
 from runtime.engines.base import Delta, GenerationParams, GenerationRequest
+from runtime.engines.registry import ENGINES
 from runtime.plan import DeploymentPlan, ModelSource
+from runtime.spec import SamplingSpec
 
-DEFAULT_OPTIONS = {
-    "transformers": {"dtype": "auto", "device": "auto", "threads": None},
-    # enforce_eager: skipping torch.compile saves ~30 s on a cold compile cache; the flow under test is the same.
-    "vllm": {"dtype": "auto", "quantization": None, "gpu_memory_reserved": None, "gpu_memory_utilization": None,
-             "enforce_eager": True, "tensor_parallel_size": 1, "kv_cache_space_gb": None},
-}  # fmt: skip
+# enforce_eager: skipping torch.compile saves ~30 s on a cold compile cache; the flow under test is the same.
+TEST_OPTIONS = {"vllm": {"enforce_eager": True}}
 
 
 def make_plan(source: ModelSource, engine: str = "transformers", **overrides: Any) -> DeploymentPlan:
-    """A one-replica CPU plan for `engine`; `options=` is merged into the engine's defaults."""
-    options = DEFAULT_OPTIONS[engine] | overrides.pop("options", {})
+    """A one-replica CPU plan for `engine`; `options=` (a dict) overrides the engine's default options."""
+    options = ENGINES[engine].options(**(TEST_OPTIONS.get(engine, {}) | overrides.pop("options", {})))
     plan = DeploymentPlan(
         model_id="tiny", engine=engine, source=source, tokenizer=None, chat_template=None, num_replicas=1,
-        num_cpus=1.0, num_gpus=0.0, max_ongoing_requests=16, max_model_len=None, sampling={}, options=options,
-        engine_args={},
+        num_cpus=1.0, num_gpus=0.0, max_ongoing_requests=16, max_model_len=None, sampling=SamplingSpec(),
+        options=options,
     )  # fmt: skip
     return replace(plan, **overrides)
 

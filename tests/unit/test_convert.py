@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from runtime.engines.registry import ENGINES
+from runtime.model_api import ModelCard
 from runtime.openai.convert import to_generation_request
 from runtime.openai.errors import APIError
 from runtime.openai.protocol import ChatCompletionRequest
@@ -15,7 +16,8 @@ def _convert(defaults=None, **body):
     body.setdefault("model", "m")
     body.setdefault("messages", [{"role": "user", "content": "hi"}])
     request = ChatCompletionRequest.model_validate(body)
-    return to_generation_request(request, "id-1", defaults or {}, SUPPORTS, "transformers")
+    card = ModelCard("m", "transformers", None, SUPPORTS, defaults or {})
+    return to_generation_request(request, "id-1", card)
 
 
 def test_openai_default_temperature_when_nobody_sets_one():
@@ -60,7 +62,7 @@ def _convert_for(engine, **body):
     body.setdefault("model", "m")
     body.setdefault("messages", [{"role": "user", "content": "hi"}])
     request = ChatCompletionRequest.model_validate(body)
-    return to_generation_request(request, "id-1", {}, ENGINES[engine].supports, engine)
+    return to_generation_request(request, "id-1", ModelCard("m", engine, None, ENGINES[engine].supports, {}))
 
 
 def test_one_choice_and_no_logprobs_by_default():

@@ -1,6 +1,7 @@
-"""The HTTP layer over an in-process echo engine: routes, request validation -> 400 envelopes, status codes, SSE.
+"""The HTTP layer over in-process echo replicas: routes, request validation -> 400 envelopes, status codes, SSE.
 
-No Ray: the app is built with `LocalBackend`, the same way the Ray ingress builds it with deployment handles.
+No Ray: the app is built over `ModelServer`s (the replica class Ray Serve runs) instead of deployment handles.
+The echo engine is scripted (`enqueue`) and records what it received (`history`).
 """
 
 import asyncio
@@ -9,10 +10,10 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from runtime.engines.base import Delta, StreamError
-from runtime.openai.ingress import Admission, ModelHealth, create_app
+from runtime.engines.base import EngineError, GenerationParams, GenerationRequest
+from runtime.model_server import ModelServer
+from runtime.openai.ingress import Admission, create_app
 from runtime.plan import build_plan
-from runtime.serving import LocalBackend, ModelRunner
 from runtime.spec import parse_spec
 
 SPEC = """
@@ -27,14 +28,17 @@ engine = "echo"
 """
 
 
-def _client(api_key=None, backend=None, on_record=None, admission=None):
-    plan = build_plan(parse_spec(SPEC))
-    if backend is None:
-        runners = {d.model_id: ModelRunner(d) for d in plan.deployments}
-        for runner in runners.values():
-            asyncio.run(runner.start())
-        backend = LocalBackend(runners)
-    return TestClient(create_app(backend, plan.deployments, api_key=api_key, admission=admission, on_record=on_record))
+def _servers(spec=SPEC):
+    servers = {d.model_id: ModelServer(d) for d in build_plan(parse_spec(spec)).deployments}
+    for server in servers.values():
+        asyncio.run(server.start())
+    return servers
+
+
+def _client(api_key=None, servers=None, on_record=None, admission=None, spec=SPEC):
+    servers = servers or _servers()
+    cards = build_plan(parse_spec(spec)).cards
+    return TestClient(create_app(servers, cards, api_key=api_key, admission=admission, on_record=on_record))
 
 
 @pytest.fixture(scope="module")
@@ -177,67 +181,102 @@ def test_wrong_path_and_method_use_the_envelope(client):
 def test_health_is_ok_when_every_model_is_ready(client):
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "models": {"echo": {"status": "ready"}, "other": {"status": "ready"}}}
-
-
-class _Backend:
-    """A scripted backend: each model id maps to the items its stream yields."""
-
-    def __init__(self, items, health=None):
-        self.items = items
-        self._health = health or {}
-        self.closed = 0
-
-    async def stream(self, model_id, request):
-        try:
-            for item in self.items:
-                yield item
-        finally:
-            self.closed += 1
-
-    async def health(self):
-        return {"echo": ModelHealth(problem=self._health.get("echo")), "other": ModelHealth(load={"running": 2})}
+    assert response.json() == {
+        "status": "ok",
+        "models": {"echo": {"status": "ready", "running": 0}, "other": {"status": "ready", "running": 0}},
+    }
 
 
 def test_error_before_first_token_is_a_real_status():
-    client = _client(backend=_Backend([StreamError("unavailable", "replica died")]))
-    assert _error(_chat(client, stream=True), 503)["message"] == "replica died"
+    servers = _servers()
+    servers["echo"].engine.enqueue([EngineError("unavailable", "replica died")])
+    assert _error(_chat(_client(servers=servers), stream=True), 503)["message"] == "replica died"
 
 
 def test_error_after_first_token_is_an_error_event():
-    backend = _Backend([Delta("a", 1, 1), StreamError("internal", "boom")])
-    client = _client(backend=backend)
+    servers = _servers()
+    servers["echo"].engine.enqueue(["a", EngineError("internal", "boom")])
+    client = _client(servers=servers)
     with client.stream("POST", "/v1/chat/completions", json={
         "model": "echo", "stream": True, "messages": [{"role": "user", "content": "x"}],
     }) as response:  # fmt: skip
         assert response.status_code == 200
         lines = [line for line in response.iter_lines() if line]
+    assert json.loads(lines[1][6:])["choices"][0]["delta"] == {"content": "a"}
     assert json.loads(lines[-2][6:])["error"]["message"] == "boom"
     assert lines[-1] == "data: [DONE]"
-    assert backend.closed == 1
+    assert servers["echo"].engine.running == 0
 
 
-def test_unexpected_exception_is_500_without_traceback():
-    class Exploding(_Backend):
-        async def stream(self, model_id, request):
+def test_an_engine_bug_is_500_without_traceback():
+    servers = _servers()
+    servers["echo"].engine.enqueue([KeyError("secret internals")])
+    error = _error(_chat(_client(servers=servers)), 500)
+    assert "KeyError" in error["message"] and "secret" not in error["message"] and "Traceback" not in error["message"]
+
+
+def test_unexpected_exception_in_the_ingress_is_500_without_traceback():
+    class Exploding:
+        async def generate(self, request):
             raise KeyError("secret internals")
             yield  # pragma: no cover
 
-    client = TestClient(create_app(Exploding([]), build_plan(parse_spec(SPEC)).deployments), raise_server_exceptions=False)
+        async def health(self):
+            raise AssertionError("not called")
+
+    cards = build_plan(parse_spec(SPEC)).cards
+    client = TestClient(create_app({"echo": Exploding(), "other": Exploding()}, cards), raise_server_exceptions=False)
     error = _error(_chat(client), 500)
     assert "KeyError" in error["message"] and "secret" not in error["message"] and "Traceback" not in error["message"]
 
 
 def test_health_is_503_with_the_reason():
-    client = _client(backend=_Backend([], health={"echo": "no replica answered within 3 s"}))
-    response = client.get("/health")
+    servers = _servers()
+    servers["echo"].engine.unhealthy = "the engine core died"
+    response = _client(servers=servers).get("/health")
     assert response.status_code == 503
     body = response.json()
     assert body["models"] == {
-        "echo": {"status": "unavailable", "reason": "no replica answered within 3 s"},
-        "other": {"status": "ready", "running": 2},
+        "echo": {"status": "unavailable", "reason": "the engine core died"},
+        "other": {"status": "ready", "running": 0},
     }
-    assert "echo: no replica answered" in body["error"]["message"]
+    assert "echo: the engine core died" in body["error"]["message"]
+
+
+def test_every_sampling_field_reaches_the_engine_exactly():
+    servers = _servers()
+    body = {
+        "model": "echo",
+        "messages": [
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        ],
+        "temperature": 0.7, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1,
+        "presence_penalty": 0.5, "frequency_penalty": -0.5, "seed": 1234, "max_completion_tokens": 7,
+        "stop": ["END", "STOP"], "n": 2, "logprobs": True, "top_logprobs": 3,
+    }  # fmt: skip
+    response = _client(servers=servers).post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    (received,) = servers["echo"].engine.history
+    assert received == GenerationRequest(
+        request_id=response.json()["id"],
+        messages=({"role": "system", "content": "be brief"}, {"role": "user", "content": "a\nb"}),
+        params=GenerationParams(
+            max_tokens=7, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1,
+            presence_penalty=0.5, frequency_penalty=-0.5, stop=("END", "STOP"), seed=1234, ignore_eos=False, n=2,
+            logprobs=3,
+        ),
+        max_tokens_requested=True,
+    )  # fmt: skip
+
+
+def test_spec_defaults_fill_what_the_request_leaves_out():
+    spec = SPEC.replace("max_tokens = 5", 'max_tokens = 5\ntemperature = 0.2\ntop_k = 3\nstop = ["x"]\nseed = 9')
+    servers = _servers(spec)
+    assert _chat(_client(servers=servers, spec=spec), top_k=4).status_code == 200
+    (received,) = servers["echo"].engine.history
+    assert received.params == GenerationParams(max_tokens=5, temperature=0.2, top_k=4, stop=("x",), seed=9)
+    assert received.max_tokens_requested is False
 
 
 def test_api_key_is_required_when_configured():
@@ -264,7 +303,7 @@ def test_every_completion_is_recorded_with_its_numbers():
     _chat(client, model="nope")
     _chat(client, temperature=9)
     plain, streamed, not_found, invalid = records
-    assert (plain.request_id, plain.model, plain.status_code, plain.finish_reason) == (body["id"], "echo", 200, "stop")
+    assert (plain.id, plain.model, plain.status_code, plain.finish_reason) == (body["id"], "echo", 200, "stop")
     assert (plain.prompt_tokens, plain.completion_tokens, plain.stream) == (5, 3, False)
     assert plain.ttft_ms is not None and plain.latency_ms >= plain.ttft_ms
     assert (streamed.status_code, streamed.completion_tokens, streamed.stream) == (200, 2, True)
@@ -410,10 +449,12 @@ model = "org/tiny"
     ],
 )
 def test_an_engine_without_choices_or_logprobs_rejects_them_with_a_400(body, param, words):
-    # The plan is pure (no weights, no torch) and the request is refused before it reaches a model.
-    backend = _Backend([Delta("never", 1, 1, "stop")])
-    client = TestClient(create_app(backend, build_plan(parse_spec(TRANSFORMERS_SPEC)).deployments))
+    # The card says transformers (pure: no weights, no torch); an echo replica stands in for the model, and the
+    # request is refused before it reaches it.
+    stand_in = _servers()["echo"]
+    client = TestClient(create_app({"hf": stand_in}, build_plan(parse_spec(TRANSFORMERS_SPEC)).cards))
     error = _error(_chat(client, model="hf", **body), 400)
     assert error["param"] == param and words in error["message"]
-    assert backend.closed == 0
+    assert stand_in.engine.history == []
     assert _chat(client, model="hf", n=1, logprobs=False).status_code == 200
+    assert len(stand_in.engine.history) == 1

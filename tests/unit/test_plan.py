@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.engines.options import EchoOptions, TransformersOptions
 from runtime.engines.registry import ENGINES
 from runtime.plan import (
     INGRESS_NUM_CPUS,
@@ -298,26 +299,27 @@ def test_unreadable_template_file_is_a_spec_error(tmp_path):
 
 def test_sampling_holds_only_the_values_set():
     dep = one("[deployments.llm.sampling]\ntemperature = 0.0\ntop_k = -1\nstop = \"END\"\n")
-    assert dep.sampling == {"temperature": 0.0, "top_k": -1, "stop": ["END"]}
+    assert dep.sampling.model_dump(exclude_none=True) == {"temperature": 0.0, "top_k": -1, "stop": ["END"]}
+    assert dep.card().sampling == {"temperature": 0.0, "top_k": -1, "stop": ["END"]}
 
 
 def test_sampling_is_empty_when_nothing_is_set():
-    assert one("").sampling == {}
+    assert one("").sampling.model_dump(exclude_none=True) == {}
 
 
 def test_echo_options():
-    assert one("token_delay_s = 0.05\n").options == {"token_delay_s": 0.05}
+    assert one("token_delay_s = 0.05\n").options == EchoOptions(token_delay_s=0.05)
 
 
 def test_transformers_options():
     dep = one('model = "m"\ndtype = "float32"\ndevice = "cpu"\nthreads = 2\n', "transformers")
-    assert dep.options == {"dtype": "float32", "device": "cpu", "threads": 2}
-    assert one('model = "m"\n', "transformers").options == {"dtype": "auto", "device": "auto", "threads": None}
+    assert dep.options == TransformersOptions(dtype="float32", device="cpu", threads=2)
+    assert one('model = "m"\n', "transformers").options == TransformersOptions(dtype="auto", device="auto", threads=None)
 
 
 def test_vllm_options():
     dep = one('model = "m"\nquantization = "awq"\ngpu_memory_utilization = 0.9\nkv_cache_space_gb = 2\n', "vllm")
-    assert dep.options == {
+    assert dep.options.model_dump() == {
         "dtype": "auto",
         "quantization": "awq",
         "gpu_memory_reserved": None,
@@ -332,7 +334,7 @@ def test_engine_args_pass_through_untouched():
     dep = one('model = "m"\nengine_args = { trust_remote_code = true, rope = { type = "linear", factor = 2.0 } }\n',
               "transformers")  # fmt: skip
     assert dep.engine_args == {"trust_remote_code": True, "rope": {"type": "linear", "factor": 2.0}}
-    assert "trust_remote_code" not in dep.options
+    assert "trust_remote_code" not in dep.options.model_dump()
 
 
 def test_resources_and_limits():
@@ -350,6 +352,13 @@ def test_resources_and_limits():
     assert (dep.model_id, dep.engine, dep.num_replicas, dep.num_cpus, dep.num_gpus) == ("llm", "vllm", 3, 2.5, 0.5)
     assert (dep.max_model_len, dep.max_ongoing_requests) == (4096, 8)
     assert dep.ray_actor_options == {"num_cpus": 2.5, "num_gpus": 0.5}
+    assert dep.deployment_options() == {
+        "name": "llm", "num_replicas": 3, "max_ongoing_requests": 8,
+        "ray_actor_options": {"num_cpus": 2.5, "num_gpus": 0.5},
+        "health_check_period_s": 10.0, "health_check_timeout_s": 30.0, "graceful_shutdown_timeout_s": 5.0,
+    }  # fmt: skip
+    card = dep.card()
+    assert (card.id, card.engine, card.max_model_len, card.supports) == ("llm", "vllm", 4096, ENGINES["vllm"].supports)
 
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))

@@ -15,16 +15,14 @@ import pytest
 from pydantic import BaseModel
 
 from runtime.spec import (
+    DEPLOYMENT_CLASSES,
     AppSpec,
     DatabaseSpec,
-    EchoDeployment,
     Problem,
     RaySpec,
     SamplingSpec,
     ServerSpec,
     SpecError,
-    TransformersDeployment,
-    VLLMDeployment,
     load_spec,
     parse_spec,
 )
@@ -78,7 +76,7 @@ def test_minimal_echo_spec_gets_every_default():
     assert app.database == DatabaseSpec(url=None)
     assert app.ray == RaySpec(address=None, num_cpus=None)
     dep = app.deployments["llm"]
-    assert isinstance(dep, EchoDeployment)
+    assert isinstance(dep, DEPLOYMENT_CLASSES["echo"])
     assert (dep.model, dep.num_replicas, dep.num_cpus, dep.num_gpus) == ("echo", 1, 1.0, 0.0)
     assert (dep.max_ongoing_requests, dep.max_model_len, dep.chat_template) == (16, None, None)
     assert dep.sampling == SamplingSpec()
@@ -88,7 +86,7 @@ def test_minimal_echo_spec_gets_every_default():
 
 @pytest.mark.parametrize(
     ("engine", "model_class"),
-    [("transformers", TransformersDeployment), ("vllm", VLLMDeployment), ("echo", EchoDeployment)],
+    [("transformers", DEPLOYMENT_CLASSES["transformers"]), ("vllm", DEPLOYMENT_CLASSES["vllm"]), ("echo", DEPLOYMENT_CLASSES["echo"])],
 )
 def test_engine_key_picks_the_deployment_class(engine, model_class):
     app = spec(deployment('model = "org/name"\n', engine))
@@ -146,7 +144,7 @@ def test_every_section_and_key_is_read():
     assert app.database.url == "sqlite:///tmp/aana.db"
     assert app.ray == RaySpec(address="auto", num_cpus=4)
     dep = app.deployments["chat"]
-    assert isinstance(dep, TransformersDeployment)
+    assert isinstance(dep, DEPLOYMENT_CLASSES["transformers"])
     assert (dep.tokenizer, dep.revision, dep.num_replicas, dep.num_cpus, dep.num_gpus) == (
         "HuggingFaceTB/SmolLM2-135M-Instruct",
         "main",
@@ -186,7 +184,7 @@ def test_vllm_keys():
             "vllm",
         )
     ).deployments["llm"]
-    assert isinstance(dep, VLLMDeployment)
+    assert isinstance(dep, DEPLOYMENT_CLASSES["vllm"])
     assert (dep.dtype, dep.quantization, dep.gpu_memory_reserved, dep.gpu_memory_utilization) == (
         "half",
         "awq",
@@ -233,8 +231,8 @@ def test_spec_is_frozen():
         app.name = "other"  # type: ignore[misc]
 
 
-SPEC_MODELS = [AppSpec, ServerSpec, DatabaseSpec, RaySpec, SamplingSpec, TransformersDeployment, VLLMDeployment,
-               EchoDeployment]  # fmt: skip
+SPEC_MODELS = [AppSpec, ServerSpec, DatabaseSpec, RaySpec, SamplingSpec, DEPLOYMENT_CLASSES["transformers"], DEPLOYMENT_CLASSES["vllm"],
+               DEPLOYMENT_CLASSES["echo"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("model", SPEC_MODELS, ids=lambda m: m.__name__)
@@ -302,7 +300,7 @@ def test_unknown_key_without_a_near_match_lists_the_valid_keys_of_that_engine():
     assert found.path == "deployments.llm.zzzz"
     assert found.message.startswith("unknown key 'zzzz'; valid keys here: ")
     listed = found.message.split("valid keys here: ")[1].split(", ")
-    assert listed == sorted(EchoDeployment.model_fields)
+    assert listed == sorted(DEPLOYMENT_CLASSES["echo"].model_fields)
     assert "token_delay_s" in listed and "did you mean" not in found.message
 
 
@@ -310,7 +308,7 @@ def test_key_of_another_engine_is_unknown_and_the_list_shows_this_engines_keys()
     found = only_problem(deployment('model = "m"\nquantization = "awq"\n', "transformers"))
     assert found.path == "deployments.llm.quantization"
     listed = found.message.split("valid keys here: ")[1].split(", ")
-    assert listed == sorted(TransformersDeployment.model_fields)
+    assert listed == sorted(DEPLOYMENT_CLASSES["transformers"].model_fields)
     assert "quantization" not in listed and "threads" in listed
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from runtime.engines.registry import ENGINES
 from runtime.plan import ModelSource, build_plan
-from runtime.spec import VLLMDeployment, load_spec
+from runtime.spec import DEPLOYMENT_CLASSES, load_spec
 
 SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"
 SPECS = sorted(SPECS_DIR.glob("*.toml"))
@@ -34,7 +34,7 @@ def test_llama2_matches_the_aana_sdk_example():
     spec = load_spec(path, environ={})
     assert list(spec.deployments) == ["llm_deployment"]
     dep = spec.deployments["llm_deployment"]
-    assert isinstance(dep, VLLMDeployment)
+    assert isinstance(dep, DEPLOYMENT_CLASSES["vllm"])
     assert dep.model == "TheBloke/Llama-2-7b-Chat-AWQ"
     assert (dep.dtype, dep.quantization, dep.gpu_memory_reserved, dep.enforce_eager) == ("auto", "awq", 13000, True)
     assert dep.gpu_memory_utilization is None
@@ -46,8 +46,8 @@ def test_llama2_matches_the_aana_sdk_example():
     assert plan.source == ModelSource("hub", "TheBloke/Llama-2-7b-Chat-AWQ", None)
     assert plan.chat_template == resources.files("runtime.templates").joinpath("llama2.jinja").read_text("utf-8")
     assert (plan.num_replicas, plan.num_gpus) == (1, 1)
-    assert plan.sampling == {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_tokens": 1024}
-    assert {k: plan.options[k] for k in ("dtype", "quantization", "gpu_memory_reserved", "enforce_eager")} == {
+    assert plan.card().sampling == {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "max_tokens": 1024}
+    assert {k: getattr(plan.options, k) for k in ("dtype", "quantization", "gpu_memory_reserved", "enforce_eager")} == {
         "dtype": "auto",
         "quantization": "awq",
         "gpu_memory_reserved": 13000,

@@ -84,7 +84,7 @@ def test_defaults_leave_vllm_its_own():
 
 def test_enforce_eager_left_to_the_engine_is_eager_on_cpu_only():
     undecided = vllm_plan()
-    assert undecided.options["enforce_eager"] is None  # the spec's default
+    assert undecided.options.enforce_eager is None  # the spec's default
     assert engine_args(undecided, "m", None, gpu_total_mb=None)["enforce_eager"] is True
     assert engine_args(undecided, "m", None, gpu_total_mb=24000)["enforce_eager"] is False
     compiled = vllm_plan("enforce_eager = false\n")

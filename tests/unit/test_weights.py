@@ -1,4 +1,4 @@
-"""runtime.models: resolving each kind of model source, without loading any weights."""
+"""runtime.weights: resolving each kind of model source, without loading any weights."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from runtime.models import ResolvedModel, converted_dir, resolve_weights
+from runtime.weights import ResolvedModel, converted_dir, resolve_weights
 from runtime.plan import ModelSource
 
 

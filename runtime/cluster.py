@@ -1,0 +1,246 @@
+"""Everything aana asks of Ray: start or join a cluster, deploy an app, read Serve's status, drain, remove, stop.
+
+All reading of Serve's status lives here (deploy progress, which apps exist, the snapshot `aana status` shows),
+through the driver API only: no dashboard and no `serve` CLI, so Ray's token authentication does not matter.
+Ray is imported inside the functions, so importing this module (the CLI does, through `runtime.lifecycle`) is free.
+Failures raise `runtime.errors` types whose messages name the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.errors import LaunchError, Unreachable
+from runtime.plan import AppPlan
+from runtime.preflight import cpu_problems, gpu_problems
+
+POLL_INTERVAL_S = 0.5
+
+
+@dataclass
+class DeploymentProgress:
+    name: str
+    status: str
+    replicas: dict[str, int] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass
+class Progress:
+    app_status: str
+    elapsed_s: float
+    deployments: list[DeploymentProgress]
+
+
+def _quiet_ray() -> None:
+    # aana reports what matters itself; Ray's start-up notices would bury it.
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
+def start_ray(plan: AppPlan, address: str | None) -> None:
+    """Join the cluster at `address`, or start an embedded one whose processes get Serve's tuning defaults."""
+    import ray
+
+    from runtime.app import SERVE_ENV_DEFAULTS
+
+    _quiet_ray()
+    kwargs: dict = {"namespace": "aana", "logging_level": logging.ERROR, "log_to_driver": False}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs.update(include_dashboard=False, num_cpus=plan.ray_num_cpus)
+    # Only for the cluster's workers: this driver calls handles from plain threads (drain), which needs the
+    # router's own loop. The embedded cluster's processes inherit this environment when ray.init starts them.
+    added = {k: v for k, v in SERVE_ENV_DEFAULTS.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise LaunchError(f"could not start or reach {where}: {exc}") from None
+    finally:
+        for key in added:
+            os.environ.pop(key)
+
+
+def connect(address: str, auth_mode: str | None = None) -> None:
+    """Join a running cluster as a driver (for status and down); never starts one.
+
+    `auth_mode` is the RAY_AUTH_MODE the cluster's own driver ran with: Ray only sends its token to an explicit
+    address when the mode says so, and new local clusters use tokens by default.
+    """
+    if auth_mode and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = auth_mode  # before `import ray`: Ray reads it when it loads
+    import ray
+
+    _quiet_ray()
+    try:
+        ray.init(address=address, namespace="aana", logging_level=logging.ERROR, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise Unreachable(f"no Ray cluster answers at {address}: {exc}") from None
+
+
+def disconnect() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def auth_mode() -> str | None:
+    """The RAY_AUTH_MODE this driver ended up with (ray.init sets it when it turns token auth on)."""
+    return os.environ.get("RAY_AUTH_MODE")
+
+
+def gcs_address() -> str:
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def resource_problems(plan: AppPlan) -> list[str]:
+    """What the connected cluster lacks for the plan (Ray would leave such a deployment pending forever)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    return gpu_problems(plan, resources.get("GPU", 0.0), "the Ray cluster") + cpu_problems(
+        plan, resources.get("CPU", 0.0)
+    )
+
+
+def deploy(plan: AppPlan, recording: Any = None) -> None:
+    """Start Serve's HTTP proxy on the plan's host and port and submit the app; returns without waiting."""
+    from ray import serve
+
+    from runtime.app import build_app
+
+    serve.start(http_options={"host": plan.host, "port": plan.port}, logging_config={"log_level": "WARNING"})
+    target = serve.RunTarget(build_app(plan, recording), name=plan.app_name, route_prefix="/")
+    serve.run_many([target], wait_for_applications_running=False)
+
+
+def _name(value: Any) -> str:
+    """Ray hands back enums or their string values depending on the call; aana wants the plain name."""
+    return str(getattr(value, "value", value))
+
+
+def read_progress(app_name: str, started: float) -> Progress:
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return Progress("NOT_STARTED", time.monotonic() - started, [])
+    deployments = [
+        DeploymentProgress(
+            name=name,
+            status=_name(d.status),
+            replicas={_name(k): v for k, v in (d.replica_states or {}).items()},
+            message=d.message or "",
+        )
+        for name, d in app.deployments.items()
+    ]
+    return Progress(_name(app.status), time.monotonic() - started, deployments)
+
+
+def wait_until_running(plan: AppPlan, timeout_s: float, on_progress: Callable[[Progress], None]) -> Progress:
+    started = time.monotonic()
+    while True:
+        progress = read_progress(plan.app_name, started)
+        on_progress(progress)
+        if progress.app_status == "RUNNING":
+            return progress
+        if progress.app_status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise LaunchError(_failure_text(progress))
+        if progress.elapsed_s > timeout_s:
+            pending = ", ".join(f"{d.name} ({d.status})" for d in progress.deployments if d.status != "HEALTHY")
+            raise LaunchError(
+                f"not running after {timeout_s:.0f} s; still waiting for: {pending or plan.app_name}. "
+                "Raise --timeout if the model is large, or look at the replica logs under /tmp/ray/session_latest/logs"
+            )
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _failure_text(progress: Progress) -> str:
+    lines = ["the app failed to deploy:"]
+    for d in progress.deployments:
+        if d.status != "HEALTHY" and d.message:
+            lines.append(f"  {d.name}: {_last_error(d.message)}")
+    return "\n".join(lines)
+
+
+def _last_error(message: str) -> str:
+    """Ray's message holds a whole traceback; the user needs its last line (the exception) and the summary."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    if len(lines) <= 2:
+        return " ".join(lines)
+    return f"{lines[0]} ... {lines[-1].strip()}"
+
+
+def app_names() -> list[str]:
+    """The Serve apps on the connected cluster that are not being deleted."""
+    from ray import serve
+
+    return [name for name, app in serve.status().applications.items() if _name(app.status) != "DELETING"]
+
+
+def app_exists(app_name: str) -> bool:
+    return app_name in app_names()
+
+
+def drain(app_name: str, timeout_s: float) -> int:
+    """Make the app's ingress refuse new requests, wait up to timeout_s for those in flight; return what is left."""
+    from ray import serve
+    from ray.exceptions import RayError
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        ingress = serve.get_app_handle(app_name)
+        in_flight = ingress.drain.remote().result(timeout_s=10)
+        deadline = time.monotonic() + timeout_s
+        while in_flight > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            in_flight = ingress.in_flight.remote().result(timeout_s=10)
+    except (RayError, RayServeException, TimeoutError) as exc:
+        logging.getLogger("aana").warning("could not drain %s: %s", app_name, exc)
+        return 0
+    return in_flight
+
+
+def delete_app(app_name: str) -> None:
+    from ray import serve
+
+    serve.delete(app_name)
+
+
+def shutdown(app_name: str, owned: bool) -> None:
+    """Remove what `aana up` deployed. On a cluster aana did not start, other apps and Serve itself stay."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        return
+    try:
+        if owned:
+            serve.shutdown()
+        else:
+            serve.delete(app_name)
+    finally:
+        ray.shutdown()
+
+
+def read_snapshot(address: str) -> dict[str, Any]:
+    """Everything `aana status` shows, from the connected cluster, in the shape of `runtime.status`."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    from runtime.status import snapshot_from
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    details = client.get_serve_details() if client is not None else {}  # no controller: nothing is served
+    return snapshot_from(address, ray.nodes(), ray.cluster_resources(), ray.available_resources(), details, time.time())

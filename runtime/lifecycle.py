@@ -1,0 +1,420 @@
+"""The life of an app: `up` (in the foreground, or detached in a child process), `down` and `status`.
+
+Owns the order of things (checks, database, Ray, run record, deploy, wait, serve, drain, stop), the local app
+records (`runtime.local_apps`) and the run history in the database. It reports through an `Observer`, so the CLI
+renders and this module never prints. A detached `aana up` is a child process (`python -m runtime.lifecycle`) that
+sends its observer events, readiness included, to the parent through a pipe; its text output goes to a log file.
+Failures raise `runtime.errors` types (or `runtime.spec.SpecError`), each with the exit code the CLI uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from runtime import cluster, local_apps, preflight
+from runtime.cluster import DeploymentProgress, Progress
+from runtime.errors import Ambiguous, Interrupted, LaunchError, NothingRunning, Unreachable
+from runtime.plan import AppPlan, load_plan
+from runtime.spec import SpecError
+
+APP_WATCH_INTERVAL_S = 2.0
+STATS_WINDOW_S = 3600.0
+_EVENTS_FD_ENV = "AANA_EVENTS_FD"
+
+
+@dataclass(frozen=True)
+class UpRequest:
+    """What `aana up` was asked for (plain values: it travels to a detached child as JSON)."""
+
+    spec_path: str
+    address: str | None = None  # None: the spec's ray.address, else an embedded local Ray
+    host: str | None = None
+    port: int | None = None
+    timeout_s: float = 900.0
+    drain_timeout_s: float = 30.0
+    database_url: str | None = None
+    migrate: bool = False
+
+
+@dataclass(frozen=True)
+class Serving:
+    """An app that serves: where, which models, and (detached) the background process and its log."""
+
+    app: str
+    base_url: str
+    models: list[str]
+    pid: int | None = None
+    log: str | None = None
+
+
+class Observer(Protocol):
+    def step(self, message: str) -> None:
+        """A phase begins (shown until the next event)."""
+
+    def info(self, message: str) -> None: ...
+
+    def warning(self, message: str) -> None: ...
+
+    def progress(self, progress: Progress) -> None:
+        """The deployments' states while the app deploys, about twice a second."""
+
+    def serving(self, serving: Serving) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# up
+
+
+def up(request: UpRequest, observer: Observer) -> None:
+    """Deploy the spec and serve until Ctrl-C, SIGTERM or the app's removal; then drain and stop."""
+    plan, address = _checked_plan(request)
+    database_url = _prepare_database(plan, request, observer)
+    serving, run_id = False, None
+    outcome, error = "failed", None
+    try:
+        observer.step("starting Ray" if address is None else f"connecting to Ray at {address}")
+        cluster.start_ray(plan, address)
+        spec_text = Path(request.spec_path).read_text(encoding="utf-8")
+        run_id = _record(observer, "record_start", database_url, plan.app_name, spec_text, cluster.gcs_address(),
+                         plan.base_url)  # fmt: skip
+        # After ray.init, which installs handlers of its own: `kill` and Ctrl-C both stop cleanly, also when the
+        # parent shell started us with SIGINT ignored.
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
+        if problems := cluster.resource_problems(plan):
+            raise LaunchError(*problems)
+        from runtime.app import Recording
+
+        cluster.deploy(plan, Recording(database_url, run_id))
+        cluster.wait_until_running(plan, request.timeout_s, observer.progress)
+        local_apps.save(
+            local_apps.AppRecord(
+                app=plan.app_name, pid=os.getpid(), ray_address=cluster.gcs_address(), base_url=plan.base_url,
+                models=plan.model_ids, started_at=time.time(), owns_ray=address is None,
+                log=os.environ.get("AANA_LOG_FILE"), ray_auth_mode=cluster.auth_mode(), run_id=run_id,
+                database_url=database_url,
+            )
+        )  # fmt: skip
+        if run_id:
+            _record(observer, "record_state", database_url, run_id, "running")
+        observer.serving(Serving(plan.app_name, plan.base_url, plan.model_ids))
+        serving, outcome = True, "stopped"
+        while cluster.app_exists(plan.app_name):
+            time.sleep(APP_WATCH_INTERVAL_S)
+        observer.info(f"app {plan.app_name} was removed from Ray Serve; exiting")
+    except LaunchError as exc:
+        error = str(exc)
+        raise
+    except KeyboardInterrupt:
+        if not serving:
+            error = "interrupted before the app was ready"
+            observer.info("interrupted before the app was ready; stopping ...")
+            raise Interrupted(error) from None
+        observer.info(f"stopping: draining requests in flight (up to {request.drain_timeout_s:g} s) ...")
+        if left := cluster.drain(plan.app_name, request.drain_timeout_s):
+            observer.warning(f"{left} request(s) still in flight after {request.drain_timeout_s:g} s; cutting them off")
+    finally:
+        cluster.shutdown(plan.app_name, owned=address is None)
+        local_apps.remove(plan.app_name, os.getpid())
+        if run_id:
+            _record(observer, "record_stop", database_url, run_id, outcome, error)
+        observer.info("stopped")
+
+
+def _checked_plan(request: UpRequest) -> tuple[AppPlan, str | None]:
+    plan = load_plan(request.spec_path, request.host, request.port)
+    address = request.address or plan.ray_address
+    if problems := preflight.problems(plan, embedded=address is None):
+        raise LaunchError(*problems)
+    return plan, address
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _prepare_database(plan: AppPlan, request: UpRequest, observer: Observer) -> str:
+    """The database URL to use, checked to be at the current schema (or brought there with --migrate)."""
+    from runtime.store import migrate as migrations
+    from runtime.store.errors import StoreError
+
+    url, source = migrations.resolve_database_url(request.database_url, plan.database_url)
+    try:
+        if request.migrate:
+            for revision in migrations.upgrade(url):
+                observer.info(f"database: applied {revision.rev} ({revision.description})")
+        else:
+            migrations.require_current(url, migrations.migrate_command(url, source, request.spec_path))
+    except StoreError as exc:
+        raise LaunchError(str(exc)) from None
+    return url
+
+
+def _record(observer: Observer, write: str, *args: Any) -> Any:
+    """Run history is worth keeping but never worth failing a serving app over: warn and go on."""
+    from runtime.store import runs
+    from runtime.store.errors import StoreError
+
+    try:
+        return getattr(runs, write)(*args)
+    except StoreError as exc:
+        observer.warning(f"could not write to the database: {exc}")
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# up --detach: a child process, and a pipe for its events
+
+
+def up_detached(request: UpRequest, observer: Observer) -> Serving:
+    """Start `up` in a background process; return once it serves, forwarding its progress to `observer`."""
+    plan, address = _checked_plan(request)
+    log = local_apps.log_path(plan.app_name)
+    child_request = replace(request, spec_path=str(Path(request.spec_path).resolve()), host=plan.host,
+                            port=plan.port, address=address)  # fmt: skip
+    read_fd, write_fd = os.pipe()
+    with log.open("w") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "runtime.lifecycle", json.dumps(asdict(child_request))],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            pass_fds=(write_fd,),
+            env=os.environ | {"AANA_LOG_FILE": str(log), _EVENTS_FD_ENV: str(write_fd), "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    os.close(write_fd)
+    with os.fdopen(read_fd, "r", encoding="utf-8") as events:
+        for event in _read_events(events, deadline=time.monotonic() + request.timeout_s + 60):
+            kind = event.pop("kind")
+            if kind == "serving":
+                return Serving(**(event | {"pid": child.pid, "log": str(log)}))
+            if kind == "failed":
+                child.wait(60)
+                raise LaunchError(*event["problems"], f"its log is {log}")
+            _replay(kind, event, observer)
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        raise LaunchError(f"not serving after {request.timeout_s:g} s; stopped it. Its log is {log}")
+    raise LaunchError(f"aana up exited with code {child.returncode} before serving; its log is {log}")
+
+
+def _read_events(stream: Any, deadline: float) -> Iterator[dict[str, Any]]:
+    """JSON lines from the child until it closes the pipe or the deadline passes."""
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([stream], [], [], min(left, 1.0))
+        if not ready:
+            continue
+        line = stream.readline()
+        if not line:
+            return
+        yield json.loads(line)
+
+
+def _replay(kind: str, event: dict[str, Any], observer: Observer) -> None:
+    if kind == "progress":
+        deployments = [DeploymentProgress(**d) for d in event["deployments"]]
+        observer.progress(Progress(event["app_status"], event["elapsed_s"], deployments))
+    elif kind in ("step", "info", "warning"):
+        getattr(observer, kind)(event["message"])
+
+
+class _Channel:
+    """The child's end of the pipe: each observer event as one JSON line. A parent that stopped listening (it
+    returns once the app serves) is not an error."""
+
+    def __init__(self, fd: int):
+        self.stream = os.fdopen(fd, "w", encoding="utf-8")
+
+    def send(self, kind: str, **data: Any) -> None:
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(json.dumps({"kind": kind, **data}) + "\n")
+            self.stream.flush()
+        except OSError:
+            self.stream = None
+
+    def step(self, message: str) -> None:
+        self.send("step", message=message)
+
+    def info(self, message: str) -> None:
+        self.send("info", message=message)
+
+    def warning(self, message: str) -> None:
+        self.send("warning", message=message)
+
+    def progress(self, progress: Progress) -> None:
+        self.send("progress", **asdict(progress))
+
+    def serving(self, serving: Serving) -> None:
+        self.send("serving", **asdict(serving))
+
+
+class _LogLines:
+    """Plain text lines for the detached child's log file."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def step(self, message: str) -> None:
+        print(f"{message} ...", flush=True)
+
+    def info(self, message: str) -> None:
+        print(message, flush=True)
+
+    def warning(self, message: str) -> None:
+        print(f"warning: {message}", flush=True)
+
+    def progress(self, progress: Progress) -> None:
+        for d in progress.deployments:
+            if self.seen.get(d.name) != d.status:
+                self.seen[d.name] = d.status
+                print(f"[{progress.elapsed_s:5.1f} s] {d.name}: {d.status}", flush=True)
+
+    def serving(self, serving: Serving) -> None:
+        print(f"aana is serving app {serving.app} at {serving.base_url}/v1 (models: {', '.join(serving.models)})",
+              flush=True)  # fmt: skip
+
+
+class _Both:
+    def __init__(self, *observers: Any):
+        self.observers = observers
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def call(*args: Any) -> None:
+            for observer in self.observers:
+                getattr(observer, name)(*args)
+
+        return call
+
+
+def _child_main(argv: list[str]) -> int:
+    request = UpRequest(**json.loads(argv[1]))
+    channel = _Channel(int(os.environ.pop(_EVENTS_FD_ENV)))
+    try:
+        up(request, _Both(_LogLines(), channel))
+    except (LaunchError, SpecError) as exc:
+        problems = exc.problems if isinstance(exc, LaunchError) else [str(exc)]
+        for problem in problems:
+            print(f"error: {problem}", flush=True)
+        channel.send("failed", problems=problems)
+        return exc.exit_code if isinstance(exc, LaunchError) else 1
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# down and status
+
+
+def down(app_name: str | None, address: str | None, drain_timeout_s: float, observer: Observer) -> str:
+    """Drain and stop an app; return its name. The `aana up` that owns it stops the Ray it started."""
+    record = _pick_record(app_name)
+    target = address or (record.ray_address if record else "auto")
+    _connect(target, record.ray_auth_mode if record and not address else None, explicit=address is not None)
+    try:
+        name = app_name or (record.app if record else _only_app())
+        if not cluster.app_exists(name):
+            raise NothingRunning(f"no app named {name!r} is running on {target}")
+        observer.info(f"draining {name} (up to {drain_timeout_s:g} s) ...")
+        if left := cluster.drain(name, drain_timeout_s):
+            observer.warning(f"{left} request(s) still in flight after {drain_timeout_s:g} s; cutting them off")
+        if record and record.app == name and local_apps.pid_alive(record.pid):
+            cluster.disconnect()
+            os.kill(record.pid, signal.SIGTERM)  # its own shutdown removes the app and stops the Ray it started
+            _wait_for_exit(record.pid, timeout_s=drain_timeout_s + 60)
+        else:
+            cluster.delete_app(name)
+    finally:
+        cluster.disconnect()
+    return name
+
+
+def status(address: str | None, database_url: str | None, observer: Observer) -> dict[str, Any]:
+    """The `runtime.status` snapshot of the cluster, with each app's request figures of the last hour."""
+    records = local_apps.running()
+    target = address or (records[0].ray_address if records else "auto")
+    _connect(target, records[0].ray_auth_mode if records and not address else None, explicit=address is not None)
+    try:
+        snapshot = cluster.read_snapshot(target)
+    finally:
+        cluster.disconnect()
+    _add_request_stats(snapshot, records, database_url, observer)
+    return snapshot
+
+
+def _connect(target: str, auth_mode: str | None, explicit: bool) -> None:
+    try:
+        cluster.connect(target, auth_mode)
+    except Unreachable:
+        if explicit:
+            raise
+        raise NothingRunning("nothing is running: no local Ray cluster answers") from None
+
+
+def _pick_record(app_name: str | None) -> local_apps.AppRecord | None:
+    records = local_apps.running()
+    if app_name:
+        return next((r for r in records if r.app == app_name), None)
+    if len(records) > 1:
+        raise Ambiguous(f"several apps are running ({', '.join(r.app for r in records)}); name one with --app")
+    return records[0] if records else None
+
+
+def _only_app() -> str:
+    apps = cluster.app_names()
+    if not apps:
+        raise NothingRunning("nothing is running on this cluster")
+    if len(apps) > 1:
+        raise Ambiguous(f"several apps are running ({', '.join(apps)}); name one with --app")
+    return apps[0]
+
+
+def _wait_for_exit(pid: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while local_apps.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if local_apps.pid_alive(pid):
+        raise LaunchError(f"aana up (pid {pid}) did not stop within {timeout_s:g} s")
+
+
+def _add_request_stats(
+    snapshot: dict, records: list[local_apps.AppRecord], cli_url: str | None, observer: Observer
+) -> None:
+    """Per-model request figures of the last hour, from the database the app records into."""
+    from runtime.store import runs
+    from runtime.store.db import resolve_database_url
+    from runtime.store.errors import StoreError
+
+    by_app = {r.app: r for r in records}
+    since = datetime.now(timezone.utc) - timedelta(seconds=STATS_WINDOW_S)
+    for app in snapshot["apps"]:
+        record = by_app.get(app["name"])
+        url = cli_url or (record.database_url if record else None) or resolve_database_url(None, None)[0]
+        try:
+            stats = runs.request_stats(url, since, record.run_id if record else None)
+        except StoreError as exc:
+            observer.warning(f"request figures unavailable: {exc}")
+            continue
+        app["requests"] = {
+            s.model: {
+                "count": s.count,
+                "errors": s.errors,
+                "ttft_ms": {"p50": s.ttft_p50_ms, "p95": s.ttft_p95_ms},
+                "latency_ms": {"p50": s.latency_p50_ms, "p95": s.latency_p95_ms},
+            }
+            for s in stats
+            if s.model in app["models"]
+        }
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv))

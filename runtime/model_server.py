@@ -1,0 +1,62 @@
+"""One model replica as a plain class: it owns one engine from start to shutdown, the error boundary, health and load.
+
+`runtime.app` turns this class into a Ray Serve deployment at build time; tests run the very same class in-process
+(it satisfies `ModelClient`, so the ingress can call it directly). Errors become in-band `StreamError`s here, at the
+replica boundary, so nothing crosses a process boundary as a pickled exception and no client ever sees a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from runtime.engines.base import Engine, EngineError, GenerationRequest, StreamError
+from runtime.engines.registry import load_engine_class
+from runtime.model_api import ModelHealth, StreamItem
+from runtime.plan import DeploymentPlan
+
+logger = logging.getLogger("aana.model")
+
+
+class ModelServer:
+    """Serves one `DeploymentPlan`. `engine_class` defaults to the registry's engine for the plan (tests inject one)."""
+
+    def __init__(self, plan: DeploymentPlan, engine_class: type[Engine] | None = None):
+        self.plan = plan
+        self.engine: Engine = (engine_class or load_engine_class(plan.engine))(plan)
+        self._stopped = False
+
+    async def start(self) -> None:
+        """Load the model; raises with the engine's reason when it cannot."""
+        await self.engine.start()
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        generator = self.engine.generate(request)
+        try:
+            async for delta in generator:
+                yield delta
+        except EngineError as exc:
+            yield exc.as_stream_error()
+        except Exception as exc:  # the replica boundary: log for the operator, tell the client what failed
+            logger.exception("generation failed for %s (request %s)", self.plan.model_id, request.request_id)
+            yield StreamError("internal", f"model {self.plan.model_id} failed ({type(exc).__name__}); see the server log")
+        finally:
+            await generator.aclose()
+
+    async def check_health(self) -> None:
+        """Raise when the engine can no longer serve (Ray then replaces the replica)."""
+        await self.engine.check_health()
+
+    async def health(self) -> ModelHealth:
+        """Ready with the engine's load, or the reason it cannot serve."""
+        try:
+            await self.engine.check_health()
+        except RuntimeError as exc:
+            return ModelHealth(problem=str(exc))
+        return ModelHealth(load=self.engine.load())
+
+    async def shutdown(self) -> None:
+        """Release the engine (its processes, memory, device). Safe to call twice."""
+        if not self._stopped:
+            self._stopped = True
+            await self.engine.shutdown()

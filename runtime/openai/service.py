@@ -1,0 +1,129 @@
+"""The OpenAI endpoints' logic, apart from HTTP: chat completions, the model list and the health report.
+
+`ChatCompletions.create` takes the raw body and the request's meter and returns a `Reply`: a whole completion, or
+the SSE events of a stream. It reads the first item of the model's stream before returning, so a failure before the
+first token raises `APIError` with a real status instead of a 200 followed by an error. The router
+(`runtime.openai.ingress`) turns replies and errors into responses; it holds no logic of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from runtime.engines.base import StreamError
+from runtime.model_api import ModelCard, ModelClient, ModelHealth, StreamItem
+from runtime.openai.convert import to_generation_request
+from runtime.openai.errors import APIError, from_validation_errors
+from runtime.openai.metering import Meter
+from runtime.openai.protocol import ChatCompletion, ChatCompletionRequest, ModelList
+from runtime.openai.protocol import ModelCard as WireModelCard
+from runtime.openai.streaming import ChunkWriter, ResponseIds, collect, stream_events
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A chat completion ready to send: `completion` for a whole response, `events` (SSE text) for a stream."""
+
+    request_id: str
+    completion: ChatCompletion | None = None
+    events: AsyncIterator[str] | None = None
+
+
+class ChatCompletions:
+    def __init__(self, models: Mapping[str, ModelClient], cards: Sequence[ModelCard]):
+        self.models = dict(models)
+        self.cards = {card.id: card for card in cards}
+
+    def card(self, model: str) -> ModelCard:
+        card = self.cards.get(model)
+        if card is None:
+            raise APIError(
+                404,
+                f"The model `{model}` does not exist. Available models: {', '.join(self.cards)}",
+                param="model",
+                code="model_not_found",
+            )
+        return card
+
+    async def create(self, raw: bytes, meter: Meter) -> Reply:
+        body = parse_chat_request(raw)
+        meter.model, meter.stream = body.model, bool(body.stream)
+        if body.stream_options is not None and not body.stream:
+            raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
+        card = self.card(body.model)
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        meter.request_id = request_id
+        generation = to_generation_request(body, request_id, card)
+        params = generation.params
+        meter.choices = params.n
+        items = meter.watch(self.models[card.id].generate(generation))
+        first = await _first_item(items)
+        ids = ResponseIds(id=request_id, created=int(time.time()), model=card.id)
+        chained = _chain(first, items)
+        logprobs = params.logprobs is not None
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = stream_events(chained, ChunkWriter(ids, include_usage, logprobs), params.n)
+            return Reply(request_id, events=events)
+        return Reply(request_id, completion=await collect(chained, ids, params.n, logprobs))
+
+
+def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_errors(exc.errors()) from None
+
+
+def model_list(cards: Sequence[ModelCard], created: int) -> dict[str, Any]:
+    return ModelList(
+        data=[WireModelCard(id=card.id, created=created, max_model_len=card.max_model_len) for card in cards]
+    ).model_dump()
+
+
+async def health_report(models: Mapping[str, ModelClient]) -> tuple[int, dict[str, Any]]:
+    """200 and every model's load when all are ready; 503 with each failing model's reason otherwise."""
+    answers: list[ModelHealth] = await asyncio.gather(*(client.health() for client in models.values()))
+    report = {
+        name: {"status": "ready", **h.load} if h.ready else {"status": "unavailable", "reason": h.problem}
+        for name, h in zip(models, answers)
+    }
+    failing = {name: h.problem for name, h in zip(models, answers) if not h.ready}
+    if not failing:
+        return 200, {"status": "ok", "models": report}
+    error = APIError(503, "not ready: " + "; ".join(f"{k}: {v}" for k, v in failing.items()))
+    return 503, {"status": "unavailable", "models": report} | error.body()
+
+
+async def _first_item(items: AsyncIterator[StreamItem]) -> StreamItem:
+    try:
+        first = await items.__anext__()
+    except StopAsyncIteration:
+        raise APIError(500, "the model returned nothing; try again") from None
+    if isinstance(first, StreamError):
+        await items.aclose()
+        raise APIError.from_stream_error(first)
+    return first
+
+
+async def _chain(first: StreamItem, rest: AsyncIterator[StreamItem]) -> AsyncIterator[StreamItem]:
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()  # a client that went away stops the generation

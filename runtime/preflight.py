@@ -1,0 +1,98 @@
+"""What `aana up` checks before anything starts: engine packages, pass-through engine arguments, GPUs, CPUs, the
+port and local model paths.
+
+Ray leaves a deployment that asks for resources the cluster lacks pending forever, so every requirement that can
+be known up front is checked here, each problem as one line that names the fix. No Ray: the cluster's own numbers
+come from `runtime.cluster` and are judged by `gpu_problems` and `cpu_problems`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import subprocess
+
+from runtime.engines.registry import ENGINES, engine_arg_problems, missing_packages
+from runtime.errors import LaunchError
+from runtime.plan import AppPlan, local_path_problems
+
+
+def problems(plan: AppPlan, embedded: bool) -> list[str]:
+    """Problems that need no Ray to find; `embedded`: the app will run on a Ray that `aana up` starts here."""
+    found = engine_args_problems(plan)
+    for d in plan.deployments:
+        if missing := missing_packages(d.engine):
+            found.append(
+                f"deployment {d.model_id!r} uses engine {d.engine!r}, but {', '.join(missing)} is not installed "
+                f"in this Python; install it: {ENGINES[d.engine].install_hint}"
+            )
+    if embedded:
+        found += gpu_problems(plan, local_gpu_count(), where="this machine")
+        if not port_is_free(plan.host, plan.port):
+            found.append(
+                f"port {plan.port} on {plan.host} is already in use; stop what uses it or pass --port (or set "
+                "server.port in the spec)"
+            )
+    return found + [str(p) for p in local_path_problems(plan)]
+
+
+def engine_args_problems(plan: AppPlan) -> list[str]:
+    """Pass-through `engine_args` checked against each engine's own argument names, where the engine is installed."""
+    return [
+        f"deployments.{d.model_id}.{problem}"
+        for d in plan.deployments
+        for problem in engine_arg_problems(d.engine, d.engine_args)
+    ]
+
+
+def gpu_problems(plan: AppPlan, gpus: float, where: str) -> list[str]:
+    return [
+        f"deployment {d.model_id!r} needs {d.num_gpus:g} GPU per replica, but {where} has "
+        f"{'no GPU' if not gpus else f'{gpus:g} GPU'}; run it where a GPU is visible to Ray, or lower "
+        f"deployments.{d.model_id}.num_gpus"
+        for d in plan.deployments
+        if d.num_gpus > gpus
+    ]
+
+
+def cpu_problems(plan: AppPlan, cpus: float) -> list[str]:
+    needed = plan.ingress_num_cpus + sum(d.num_cpus * d.num_replicas for d in plan.deployments)
+    if needed <= cpus + 1e-9:
+        return []
+    detail = ", ".join(f"{d.model_id}: {d.num_replicas} x {d.num_cpus:g}" for d in plan.deployments)
+    return [
+        f"the deployments need {needed:g} CPUs in all (ingress {plan.ingress_num_cpus:g}, {detail}) but the Ray "
+        f"cluster has {cpus:g}; lower num_cpus (fractions are allowed) or num_replicas"
+    ]
+
+
+def local_gpu_count() -> int:
+    """GPUs on this machine as Ray would see them, without importing torch or starting Ray."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return 0
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    count = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    if visible:
+        count = min(count, len([v for v in visible.split(",") if v.strip()]))
+    return count
+
+
+def port_is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise LaunchError(f"cannot listen on {host}:{port}: {exc}; check server.host") from None
+    return True

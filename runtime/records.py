@@ -1,0 +1,30 @@
+"""The one record of a finished chat completion, from the ingress's meter to the database's requests table.
+
+Standard library only: the HTTP layer builds it, the store writes it, and neither imports the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+
+@dataclass(frozen=True)
+class CompletionRecord:
+    """One chat completion as the server answered it: who, how long, how many tokens, how it ended.
+
+    `id` is the chatcmpl-... id the client saw (a `rejected-...` id for a request refused before it got one).
+    `run_id` None: the recorder's own run (the `aana up` that serves it).
+    """
+
+    id: str
+    model: str
+    status_code: int
+    latency_ms: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    ttft_ms: float | None = None
+    stream: bool = False
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    run_id: str | None = None
