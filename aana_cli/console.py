@@ -16,7 +16,7 @@ from runtime.cluster import Progress
 from runtime.lifecycle import Serving
 from runtime.plan import AppPlan
 
-__all__ = ["escape", "out", "err"]
+__all__ = ["err", "escape", "out"]
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -42,9 +42,7 @@ def plan_table(plan: AppPlan) -> Table:
         grid.add_row("", "")
         grid.add_row(f"[cyan]{escape(d.model_id)}[/]", f"engine {d.engine}")
         grid.add_row("  model", escape(d.source.describe()))
-        grid.add_row(
-            "  resources", f"{d.num_replicas} replica(s) x {d.num_cpus:g} CPU, {d.num_gpus:g} GPU"
-        )
+        grid.add_row("  resources", f"{d.num_replicas} replica(s) x {d.num_cpus:g} CPU, {d.num_gpus:g} GPU")
         grid.add_row("  context", f"{d.max_model_len} tokens" if d.max_model_len else "the model's own")
         grid.add_row("  template", "the model's own" if d.chat_template is None else "from the spec")
         grid.add_row("  sampling", _pairs(d.sampling.model_dump(exclude_none=True)) or "engine defaults")
@@ -131,7 +129,7 @@ def ready_banner(serving: Serving) -> None:
     out.print(f"models: {', '.join(serving.models)}")
     out.print(
         f"try: curl {serving.base_url}/v1/chat/completions -H 'Content-Type: application/json' "
-        f"-d '{{\"model\": \"{serving.models[0]}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'",
+        f'-d \'{{"model": "{serving.models[0]}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'',
         soft_wrap=True,
     )
     if serving.pid is None:

@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from aana_cli import console
 from aana_cli.options import Address, DatabaseUrl, DrainTimeout, Host, Json, Port, SpecPath
-from runtime import lifecycle
+from runtime import detached, lifecycle
 from runtime.engines.registry import ENGINES, missing_packages
 from runtime.errors import LaunchError
 from runtime.plan import AppPlan, load_plan, local_path_problems
@@ -114,7 +114,7 @@ def up(
     try:
         with _exit_codes():
             if detach:
-                console.ready_banner(lifecycle.up_detached(request, observer))
+                console.ready_banner(detached.up_detached(request, observer))
             else:
                 lifecycle.up(request, observer)
     finally:
@@ -136,9 +136,13 @@ def down(
 @app.command()
 def migrate(
     database_url: DatabaseUrl = None,
-    spec: Optional[Path] = typer.Option(None, "--spec", help="Use this spec's database.url.", exists=True, dir_okay=False),
+    spec: Optional[Path] = typer.Option(
+        None, "--spec", help="Use this spec's database.url.", exists=True, dir_okay=False
+    ),
     to: Optional[str] = typer.Option(None, "--to", help="Go up or down to this revision (e.g. 0002, base, head)."),
-    show_status: bool = typer.Option(False, "--status", help="Show current, newest and pending revisions; exit 1 when behind."),
+    show_status: bool = typer.Option(
+        False, "--status", help="Show current, newest and pending revisions; exit 1 when behind."
+    ),
     print_sql: bool = typer.Option(False, "--sql", help="Print the SQL instead of running it."),
 ) -> None:
     """Bring the database to the current schema (Alembic). SQLite file by default, PostgreSQL by URL.

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from load import RunResult, run_load, wait_ready  # noqa: E402
+from load import RunResult, run_load, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,11 +74,10 @@ def serve_aana(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dic
 
 
 def serve_vllm(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dict[int, list[RunResult]]:
-    from runtime.weights import resolve_weights
+    from runtime.engines.vllm_args import cpu_env, engine_args
     from runtime.plan import build_plan
     from runtime.spec import load_spec
-
-    from runtime.engines.vllm_args import cpu_env, engine_args
+    from runtime.weights import resolve_weights
 
     plan = build_plan(load_spec(args.spec), base_dir=Path(args.spec).parent)
     deployment = next(d for d in plan.deployments if d.model_id == args.model)
@@ -91,6 +90,7 @@ def serve_vllm(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dic
     ]  # fmt: skip
     # The same engine settings and CPU environment aana gives its replica, so only the serving path differs.
     same = engine_args(deployment, weights, None, gpu_total_mb=None)
+    command += ["--dtype", same["dtype"]]
     if same.get("max_model_len"):
         command += ["--max-model-len", str(same["max_model_len"])]
     command += ["--enforce-eager"] if same.get("enforce_eager") else ["--no-enforce-eager"]

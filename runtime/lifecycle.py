@@ -2,35 +2,26 @@
 
 Owns the order of things (checks, database, Ray, run record, deploy, wait, serve, drain, stop), the local app
 records (`runtime.local_apps`) and the run history in the database. It reports through an `Observer`, so the CLI
-renders and this module never prints. A detached `aana up` is a child process (`python -m runtime.lifecycle`) that
-sends its observer events, readiness included, to the parent through a pipe; its text output goes to a log file.
-Failures raise `runtime.errors` types (or `runtime.spec.SpecError`), each with the exit code the CLI uses.
+renders and this module never prints (`runtime.detached` runs `up` in a background process). Failures raise `runtime.errors` types (or `runtime.spec.SpecError`), each with the exit code the CLI uses.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
 from runtime import cluster, local_apps, preflight
-from runtime.cluster import DeploymentProgress, Progress
+from runtime.cluster import Progress
 from runtime.errors import Ambiguous, Interrupted, LaunchError, NothingRunning, Unreachable
 from runtime.plan import AppPlan, load_plan
-from runtime.spec import SpecError
 
 APP_WATCH_INTERVAL_S = 2.0
 STATS_WINDOW_S = 3600.0
-_EVENTS_FD_ENV = "AANA_EVENTS_FD"
 
 
 @dataclass(frozen=True)
@@ -78,7 +69,7 @@ class Observer(Protocol):
 
 def up(request: UpRequest, observer: Observer) -> None:
     """Deploy the spec and serve until Ctrl-C, SIGTERM or the app's removal; then drain and stop."""
-    plan, address = _checked_plan(request)
+    plan, address = checked_plan(request)
     database_url = _prepare_database(plan, request, observer)
     serving, run_id = False, None
     outcome, error = "failed", None
@@ -132,7 +123,7 @@ def up(request: UpRequest, observer: Observer) -> None:
         observer.info("stopped")
 
 
-def _checked_plan(request: UpRequest) -> tuple[AppPlan, str | None]:
+def checked_plan(request: UpRequest) -> tuple[AppPlan, str | None]:
     plan = load_plan(request.spec_path, request.host, request.port)
     address = request.address or plan.ray_address
     if problems := preflight.problems(plan, embedded=address is None):
@@ -171,144 +162,6 @@ def _record(observer: Observer, write: str, *args: Any) -> Any:
     except StoreError as exc:
         observer.warning(f"could not write to the database: {exc}")
         return None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# up --detach: a child process, and a pipe for its events
-
-
-def up_detached(request: UpRequest, observer: Observer) -> Serving:
-    """Start `up` in a background process; return once it serves, forwarding its progress to `observer`."""
-    plan, address = _checked_plan(request)
-    log = local_apps.log_path(plan.app_name)
-    child_request = replace(request, spec_path=str(Path(request.spec_path).resolve()), host=plan.host,
-                            port=plan.port, address=address)  # fmt: skip
-    read_fd, write_fd = os.pipe()
-    with log.open("w") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "runtime.lifecycle", json.dumps(asdict(child_request))],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            pass_fds=(write_fd,),
-            env=os.environ | {"AANA_LOG_FILE": str(log), _EVENTS_FD_ENV: str(write_fd), "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-    os.close(write_fd)
-    with os.fdopen(read_fd, "r", encoding="utf-8") as events:
-        for event in _read_events(events, deadline=time.monotonic() + request.timeout_s + 60):
-            kind = event.pop("kind")
-            if kind == "serving":
-                return Serving(**(event | {"pid": child.pid, "log": str(log)}))
-            if kind == "failed":
-                child.wait(60)
-                raise LaunchError(*event["problems"], f"its log is {log}")
-            _replay(kind, event, observer)
-    if child.poll() is None:
-        child.send_signal(signal.SIGTERM)
-        raise LaunchError(f"not serving after {request.timeout_s:g} s; stopped it. Its log is {log}")
-    raise LaunchError(f"aana up exited with code {child.returncode} before serving; its log is {log}")
-
-
-def _read_events(stream: Any, deadline: float) -> Iterator[dict[str, Any]]:
-    """JSON lines from the child until it closes the pipe or the deadline passes."""
-    while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([stream], [], [], min(left, 1.0))
-        if not ready:
-            continue
-        line = stream.readline()
-        if not line:
-            return
-        yield json.loads(line)
-
-
-def _replay(kind: str, event: dict[str, Any], observer: Observer) -> None:
-    if kind == "progress":
-        deployments = [DeploymentProgress(**d) for d in event["deployments"]]
-        observer.progress(Progress(event["app_status"], event["elapsed_s"], deployments))
-    elif kind in ("step", "info", "warning"):
-        getattr(observer, kind)(event["message"])
-
-
-class _Channel:
-    """The child's end of the pipe: each observer event as one JSON line. A parent that stopped listening (it
-    returns once the app serves) is not an error."""
-
-    def __init__(self, fd: int):
-        self.stream = os.fdopen(fd, "w", encoding="utf-8")
-
-    def send(self, kind: str, **data: Any) -> None:
-        if self.stream is None:
-            return
-        try:
-            self.stream.write(json.dumps({"kind": kind, **data}) + "\n")
-            self.stream.flush()
-        except OSError:
-            self.stream = None
-
-    def step(self, message: str) -> None:
-        self.send("step", message=message)
-
-    def info(self, message: str) -> None:
-        self.send("info", message=message)
-
-    def warning(self, message: str) -> None:
-        self.send("warning", message=message)
-
-    def progress(self, progress: Progress) -> None:
-        self.send("progress", **asdict(progress))
-
-    def serving(self, serving: Serving) -> None:
-        self.send("serving", **asdict(serving))
-
-
-class _LogLines:
-    """Plain text lines for the detached child's log file."""
-
-    def __init__(self) -> None:
-        self.seen: dict[str, str] = {}
-
-    def step(self, message: str) -> None:
-        print(f"{message} ...", flush=True)
-
-    def info(self, message: str) -> None:
-        print(message, flush=True)
-
-    def warning(self, message: str) -> None:
-        print(f"warning: {message}", flush=True)
-
-    def progress(self, progress: Progress) -> None:
-        for d in progress.deployments:
-            if self.seen.get(d.name) != d.status:
-                self.seen[d.name] = d.status
-                print(f"[{progress.elapsed_s:5.1f} s] {d.name}: {d.status}", flush=True)
-
-    def serving(self, serving: Serving) -> None:
-        print(f"aana is serving app {serving.app} at {serving.base_url}/v1 (models: {', '.join(serving.models)})",
-              flush=True)  # fmt: skip
-
-
-class _Both:
-    def __init__(self, *observers: Any):
-        self.observers = observers
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        def call(*args: Any) -> None:
-            for observer in self.observers:
-                getattr(observer, name)(*args)
-
-        return call
-
-
-def _child_main(argv: list[str]) -> int:
-    request = UpRequest(**json.loads(argv[1]))
-    channel = _Channel(int(os.environ.pop(_EVENTS_FD_ENV)))
-    try:
-        up(request, _Both(_LogLines(), channel))
-    except (LaunchError, SpecError) as exc:
-        problems = exc.problems if isinstance(exc, LaunchError) else [str(exc)]
-        for problem in problems:
-            print(f"error: {problem}", flush=True)
-        channel.send("failed", problems=problems)
-        return exc.exit_code if isinstance(exc, LaunchError) else 1
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -414,7 +267,3 @@ def _add_request_stats(
             for s in stats
             if s.model in app["models"]
         }
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv))

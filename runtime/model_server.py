@@ -39,7 +39,9 @@ class ModelServer:
             yield exc.as_stream_error()
         except Exception as exc:  # the replica boundary: log for the operator, tell the client what failed
             logger.exception("generation failed for %s (request %s)", self.plan.model_id, request.request_id)
-            yield StreamError("internal", f"model {self.plan.model_id} failed ({type(exc).__name__}); see the server log")
+            yield StreamError(
+                "internal", f"model {self.plan.model_id} failed ({type(exc).__name__}); see the server log"
+            )
         finally:
             await generator.aclose()
 

@@ -12,11 +12,12 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from runtime.engines.options import EngineOptions
 from runtime.engines.registry import ENGINES
 from runtime.model_api import ModelCard
+from runtime.sources import ModelSource
 from runtime.spec import AppSpec, Problem, SamplingSpec, SpecError, load_spec
 
 BUNDLED_TEMPLATES = ("llama2", "chatml")
@@ -27,18 +28,6 @@ INGRESS_MAX_ONGOING_REQUESTS = 1000  # the ingress only relays; the models' own 
 HEALTH_CHECK_PERIOD_S = 10.0
 HEALTH_CHECK_TIMEOUT_S = 30.0
 GRACEFUL_SHUTDOWN_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights are. `location` is a Hugging Face id or an absolute path."""
-
-    kind: Literal["hub", "local", "gguf", "package"]
-    location: str
-    revision: str | None = None
-
-    def describe(self) -> str:
-        return f"{self.location} ({self.kind})"
 
 
 @dataclass(frozen=True)

@@ -203,9 +203,9 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def _interpolate(value: Any, path: tuple, environ: Any, problems: list[Problem]) -> Any:
     """Replace `${NAME}` and `${NAME:-default}` in every string value."""
     if isinstance(value, dict):
-        return {k: _interpolate(v, path + (k,), environ, problems) for k, v in value.items()}
+        return {k: _interpolate(v, (*path, k), environ, problems) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, path + (i,), environ, problems) for i, v in enumerate(value)]
+        return [_interpolate(v, (*path, i), environ, problems) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -247,7 +247,9 @@ def _problem(err: dict, raw: dict) -> Problem:
             "(it becomes the OpenAI model id); rename the table",
         )
     if kind == "too_short" and loc == ("deployments",):
-        return Problem("deployments", "no deployments; add a table such as [deployments.<name>] with `engine` and `model`")
+        return Problem(
+            "deployments", "no deployments; add a table such as [deployments.<name>] with `engine` and `model`"
+        )
     if kind == "extra_forbidden":
         return Problem(_dotted(loc), _unknown_key(str(loc[-1]), loc[:-1], raw))
     if kind == "missing":
@@ -257,11 +259,13 @@ def _problem(err: dict, raw: dict) -> Problem:
         hint = _nearest(str(given), ENGINE_NAMES)
         fix = f" (did you mean {hint!r}?)" if hint else ""
         return Problem(
-            _dotted(loc + ("engine",)),
+            _dotted((*loc, "engine")),
             f"unknown engine {given!r}{fix}; choose one of: {', '.join(ENGINE_NAMES)}",
         )
     if kind == "union_tag_not_found":
-        return Problem(_dotted(loc + ("engine",)), f"missing required key 'engine'; choose one of: {', '.join(ENGINE_NAMES)}")
+        return Problem(
+            _dotted((*loc, "engine")), f"missing required key 'engine'; choose one of: {', '.join(ENGINE_NAMES)}"
+        )
     message = err["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]

@@ -43,7 +43,11 @@ STATUS_SCHEMA: dict[str, Any] = {
                     "items": {
                         "type": "object",
                         "required": ["node_id", "ip", "alive"],
-                        "properties": {"node_id": {"type": "string"}, "ip": {"type": "string"}, "alive": {"type": "boolean"}},
+                        "properties": {
+                            "node_id": {"type": "string"},
+                            "ip": {"type": "string"},
+                            "alive": {"type": "boolean"},
+                        },
                     },
                 },
                 "resources": {

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.plan import ModelSource
+from runtime.sources import ModelSource
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,9 @@
-"""Shared test settings: no network for model weights, and the tiny model on the import path."""
+"""Shared test settings: no network for model weights, the tiny model on the import path, and a tier per folder.
+
+Every test carries the marker of its folder (tests/unit -> `unit`, ..., tests/gpu -> `gpu`; pyproject says what
+each tier needs). The quick tier, for every change: `pytest -m unit` (no Ray start, no PostgreSQL, no vLLM; under a
+minute). Explicit marks stay: a SmolLM2 test under tests/engine is `engine` and `e2e`.
+"""
 
 import os
 import sys
@@ -23,3 +28,14 @@ def tiny_model_dir(tmp_path_factory):
     from tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+TIERS = ("unit", "engine", "store", "e2e", "gpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    root = Path(__file__).parent
+    for item in items:
+        folder = item.path.relative_to(root).parts[0] if item.path.is_relative_to(root) else None
+        if folder in TIERS:
+            item.add_marker(folder)

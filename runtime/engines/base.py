@@ -140,7 +140,7 @@ def no_chat_template_error(config: Any) -> RuntimeError:
     """The one wording for a model without a chat template and a spec that names none (a start-up failure)."""
     return RuntimeError(
         f"the tokenizer of {config.source.describe()} has no chat template; set `chat_template` in the spec for "
-        f"deployment {config.model_id!r} (a bundled name such as \"chatml\", a file, or Jinja text)"
+        f'deployment {config.model_id!r} (a bundled name such as "chatml", a file, or Jinja text)'
     )
 
 
@@ -174,12 +174,12 @@ class Engine(abc.ABC):
         finish_reason and the iterator ends once every choice has finished. Closing it early must stop the
         generation."""
 
-    async def check_health(self) -> None:
+    async def check_health(self) -> None:  # noqa: B027 - optional: an engine that cannot fail need not override it
         """Raise when the engine can no longer serve; Ray then replaces the replica."""
 
     def load(self) -> dict[str, int]:
         """What the engine is doing now, e.g. {"running": 1, "waiting": 2}; shown by GET /health."""
         return {}
 
-    async def shutdown(self) -> None:
+    async def shutdown(self) -> None:  # noqa: B027 - optional: an engine that holds nothing need not override it
         """Release what start() took."""

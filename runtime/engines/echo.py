@@ -47,6 +47,7 @@ class EchoEngine(Engine):
         self.history: list[GenerationRequest] = []  # every request received, in order
         self.unhealthy: str | None = None  # set: check_health fails with this reason
         self.running = 0
+        self.shutdowns = 0  # how often shutdown() ran
         self._replies: deque[list[ReplyItem]] = deque()
 
     async def start(self) -> None:
@@ -64,6 +65,9 @@ class EchoEngine(Engine):
     def load(self) -> dict[str, int]:
         return {"running": self.running}
 
+    async def shutdown(self) -> None:
+        self.shutdowns += 1
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         self.history.append(request)
         prompt_tokens = sum(count_tokens(m["content"]) + 2 for m in request.messages)
@@ -79,7 +83,9 @@ class EchoEngine(Engine):
 
     async def _echo(self, request: GenerationRequest, prompt_tokens: int) -> AsyncIterator[Delta]:
         params = request.params
-        max_tokens = completion_budget(prompt_tokens, params.max_tokens, request.max_tokens_requested, self.max_model_len)
+        max_tokens = completion_budget(
+            prompt_tokens, params.max_tokens, request.max_tokens_requested, self.max_model_len
+        )
         last_user = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
         words = last_user.split()
         sampling = bool(params.temperature)

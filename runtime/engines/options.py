@@ -25,7 +25,9 @@ class TransformersOptions(EngineOptions):
 
 
 class VLLMOptions(EngineOptions):
-    dtype: str = Field("auto", description="vLLM dtype: auto, float16, bfloat16, float32.")
+    dtype: str = Field(
+        "auto", description="vLLM dtype: auto, float16, bfloat16, float32; auto is float32 on CPU, the model's on GPU."
+    )
     quantization: str | None = Field(None, description="vLLM quantization method, e.g. awq, gptq, fp8.")
     gpu_memory_reserved: float | None = Field(
         None, gt=0, description="MB of GPU memory the replica may use (the Aana SDK's field)."

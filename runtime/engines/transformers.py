@@ -312,7 +312,7 @@ def _pick_device(device: str, num_gpus: float) -> str:
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device = \"cuda\" but torch sees no CUDA GPU here; set device = \"auto\" or \"cpu\"")
+        raise RuntimeError('device = "cuda" but torch sees no CUDA GPU here; set device = "auto" or "cpu"')
     if device == "auto":
         return "cuda" if torch.cuda.is_available() and num_gpus > 0 else "cpu"
     return device
@@ -363,8 +363,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
-
-
 
 
 def _sampling_kwargs(params: GenerationParams) -> dict[str, Any]:

@@ -240,8 +240,6 @@ def _sampling_params(params: GenerationParams, max_tokens: int) -> Any:
         raise EngineError("invalid_request", str(exc), exc.parameter) from exc
 
 
-
-
 def _usable_cores() -> list[int]:
     """The cores this process may run on (a container or taskset may allow fewer than the machine has)."""
     if hasattr(os, "sched_getaffinity"):

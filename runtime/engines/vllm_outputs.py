@@ -41,7 +41,9 @@ class Choices:
     def _logprobs(self, token_ids: Sequence[int], positions: Any) -> tuple[TokenLogprob, ...]:
         if positions is None:  # logprobs were not asked for
             return ()
-        return tuple(self._token_logprob(token_id, position) for token_id, position in zip(token_ids, positions))
+        return tuple(
+            self._token_logprob(token_id, position) for token_id, position in zip(token_ids, positions, strict=False)
+        )
 
     def _token_logprob(self, token_id: int, position: Any) -> TokenLogprob:
         """vLLM's logprobs at one position (a dict token id -> Logprob: the chosen token first, then the top k by

@@ -21,7 +21,15 @@ _SAMPLING_FIELDS = tuple(name for name in SamplingSpec.model_fields if name not 
 # What the OpenAI API does when neither the request nor the spec sets a temperature.
 OPENAI_DEFAULT_TEMPERATURE = 1.0
 # Accepted only in their neutral form unless the engine supports them (some have no generation parameter yet).
-_GATED_FEATURES = ("ignore_eos", "logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls")
+_GATED_FEATURES = (
+    "ignore_eos",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+)
 
 
 def to_generation_request(request: ChatCompletionRequest, request_id: str, card: ModelCard) -> GenerationRequest:
@@ -72,7 +80,7 @@ def _reject_unsupported(request: ChatCompletionRequest, supports: Set[str], engi
     if request.response_format and request.response_format.get("type") != "text":
         raise APIError(
             400,
-            "only response_format {\"type\": \"text\"} is supported; structured output is not available yet",
+            'only response_format {"type": "text"} is supported; structured output is not available yet',
             param="response_format",
         )
 

@@ -92,7 +92,9 @@ def bearer_auth(api_key: str | None) -> Callable[[Request], None]:
             return
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-            raise APIError(401, "Incorrect API key provided; send `Authorization: Bearer <key>`", code="invalid_api_key")
+            raise APIError(
+                401, "Incorrect API key provided; send `Authorization: Bearer <key>`", code="invalid_api_key"
+            )
 
     return authorize
 

@@ -100,9 +100,9 @@ async def health_report(models: Mapping[str, ModelClient]) -> tuple[int, dict[st
     answers: list[ModelHealth] = await asyncio.gather(*(client.health() for client in models.values()))
     report = {
         name: {"status": "ready", **h.load} if h.ready else {"status": "unavailable", "reason": h.problem}
-        for name, h in zip(models, answers)
+        for name, h in zip(models, answers, strict=True)
     }
-    failing = {name: h.problem for name, h in zip(models, answers) if not h.ready}
+    failing = {name: h.problem for name, h in zip(models, answers, strict=True) if not h.ready}
     if not failing:
         return 200, {"status": "ok", "models": report}
     error = APIError(503, "not ready: " + "; ".join(f"{k}: {v}" for k, v in failing.items()))

@@ -201,7 +201,7 @@ class RequestRecorder:
                 written = self._insert_batch(batch)
             except exc.SQLAlchemyError as error:
                 return self._failed(error)
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 # The writer thread's boundary: if it died, every later request would pile up in the queue unseen.
                 logger.exception("unexpected error writing request records to %s; retrying", self.url)
                 return self._failed(error)

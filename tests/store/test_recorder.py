@@ -6,9 +6,9 @@ import logging
 import time
 from datetime import datetime, timedelta, timezone
 
+from pg import create_database, drop_database
 from sqlalchemy import create_engine, event, select
 
-from pg import create_database, drop_database
 from runtime.records import CompletionRecord
 from runtime.store import migrate
 from runtime.store.db import parse_url

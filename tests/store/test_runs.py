@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from runtime.records import CompletionRecord
 from runtime.store import migrate, runs
 from runtime.store.errors import StoreError
-from runtime.records import CompletionRecord
 from runtime.store.recorder import RequestRecorder
 from runtime.store.runs import ModelStats
 

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from pg import database_url as url_on_server
+
 from runtime.store import migrate, runs
 from runtime.store.db import default_database_url, mask_url, resolve_database_url
 from runtime.store.errors import StoreError

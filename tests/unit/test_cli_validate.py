@@ -225,8 +225,9 @@ def test_json_with_a_toml_date_in_engine_args_does_not_crash(runner, in_tmp):
     write(in_tmp, 'name = "demo"\n[deployments.llm]\nengine = "echo"\nengine_args = { since = 2024-05-01 }\n')
     result = runner.invoke(app, ["validate", "--json", "spec.toml"])
     no_traceback(result)
-    if result.exit_code == 0:
-        json.loads(result.stdout)
+    assert result.exit_code == 0, result.output
+    [llm] = json.loads(result.stdout)["deployments"]
+    assert llm["engine_args"] == {"since": "2024-05-01"}  # a TOML date is printed as ISO text
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="checks names against the installed vllm")

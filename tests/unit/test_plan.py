@@ -298,7 +298,7 @@ def test_unreadable_template_file_is_a_spec_error(tmp_path):
 
 
 def test_sampling_holds_only_the_values_set():
-    dep = one("[deployments.llm.sampling]\ntemperature = 0.0\ntop_k = -1\nstop = \"END\"\n")
+    dep = one('[deployments.llm.sampling]\ntemperature = 0.0\ntop_k = -1\nstop = "END"\n')
     assert dep.sampling.model_dump(exclude_none=True) == {"temperature": 0.0, "top_k": -1, "stop": ["END"]}
     assert dep.card().sampling == {"temperature": 0.0, "top_k": -1, "stop": ["END"]}
 
@@ -314,7 +314,9 @@ def test_echo_options():
 def test_transformers_options():
     dep = one('model = "m"\ndtype = "float32"\ndevice = "cpu"\nthreads = 2\n', "transformers")
     assert dep.options == TransformersOptions(dtype="float32", device="cpu", threads=2)
-    assert one('model = "m"\n', "transformers").options == TransformersOptions(dtype="auto", device="auto", threads=None)
+    assert one('model = "m"\n', "transformers").options == TransformersOptions(
+        dtype="auto", device="auto", threads=None
+    )
 
 
 def test_vllm_options():

@@ -86,7 +86,11 @@ def test_minimal_echo_spec_gets_every_default():
 
 @pytest.mark.parametrize(
     ("engine", "model_class"),
-    [("transformers", DEPLOYMENT_CLASSES["transformers"]), ("vllm", DEPLOYMENT_CLASSES["vllm"]), ("echo", DEPLOYMENT_CLASSES["echo"])],
+    [
+        ("transformers", DEPLOYMENT_CLASSES["transformers"]),
+        ("vllm", DEPLOYMENT_CLASSES["vllm"]),
+        ("echo", DEPLOYMENT_CLASSES["echo"]),
+    ],
 )
 def test_engine_key_picks_the_deployment_class(engine, model_class):
     app = spec(deployment('model = "org/name"\n', engine))
@@ -462,7 +466,9 @@ def test_both_gpu_memory_limits_is_one_problem_naming_both_keys():
 
 @pytest.mark.parametrize("body", ["gpu_memory_reserved = 13000\n", "gpu_memory_utilization = 0.5\n"])
 def test_either_gpu_memory_limit_alone_is_fine(body):
-    spec(deployment('model = "m"\n' + body, "vllm"))
+    dep = spec(deployment('model = "m"\n' + body, "vllm")).deployments["llm"]
+    key, value = body.split("=")
+    assert getattr(dep, key.strip()) == float(value)
 
 
 # ---------------------------------------------------------------------------------------------------------------

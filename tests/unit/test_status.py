@@ -24,11 +24,19 @@ def _details(app_status="RUNNING", model_status="HEALTHY", message="", replica_s
                 "message": "",
                 "last_deployed_time_s": 1000.0,
                 "deployments": {
-                    "tiny": {"name": "tiny", "status": model_status, "message": message,
-                             "replicas": [{"state": replica_state}]},
-                    "OpenAIIngress": {"name": "OpenAIIngress", "status": "HEALTHY", "message": "",
-                                      "replicas": [{"state": "RUNNING"}]},
-                },  # fmt: skip
+                    "tiny": {
+                        "name": "tiny",
+                        "status": model_status,
+                        "message": message,
+                        "replicas": [{"state": replica_state}],
+                    },
+                    "OpenAIIngress": {
+                        "name": "OpenAIIngress",
+                        "status": "HEALTHY",
+                        "message": "",
+                        "replicas": [{"state": "RUNNING"}],
+                    },
+                },
             }
         },
     }
@@ -57,7 +65,9 @@ def test_deploying_app_says_for_how_long_and_exits_1():
 
 
 def test_failed_deployment_keeps_its_message_and_exits_1():
-    details = _details(app_status="DEPLOY_FAILED", model_status="DEPLOY_FAILED", message="boom\nRuntimeError: no such model")
+    details = _details(
+        app_status="DEPLOY_FAILED", model_status="DEPLOY_FAILED", message="boom\nRuntimeError: no such model"
+    )
     snapshot = snapshot_from("a", NODES, TOTAL, AVAILABLE, details, now=1000.0)
     assert snapshot["apps"][0]["deployments"][0]["message"].endswith("no such model")
     assert exit_code(snapshot) == 1
@@ -85,7 +95,12 @@ def test_rich_view_at_a_pinned_width(monkeypatch, width):
     details = _details(model_status="UNHEALTHY", message="Traceback...\nRuntimeError: engine core died")
     snapshot = snapshot_from("10.0.0.1:6379", NODES, TOTAL, AVAILABLE, details, now=0.0)
     snapshot["apps"][0]["requests"] = {
-        "tiny": {"count": 3, "errors": 1, "ttft_ms": {"p50": 12.0, "p95": 30.0}, "latency_ms": {"p50": 90.0, "p95": 150.0}}
+        "tiny": {
+            "count": 3,
+            "errors": 1,
+            "ttft_ms": {"p50": 12.0, "p95": 30.0},
+            "latency_ms": {"p50": 90.0, "p95": 150.0},
+        }
     }
     jsonschema.validate(snapshot, STATUS_SCHEMA)
     console.status_view(snapshot)

@@ -82,6 +82,11 @@ def test_defaults_leave_vllm_its_own():
     assert (args["enforce_eager"], args["tensor_parallel_size"]) == (False, 1)
 
 
+def test_auto_dtype_is_float32_on_cpu_and_an_explicit_one_is_kept():
+    assert engine_args(vllm_plan(), "m", None, gpu_total_mb=None)["dtype"] == "float32"
+    assert engine_args(vllm_plan('dtype = "bfloat16"\n'), "m", None, gpu_total_mb=None)["dtype"] == "bfloat16"
+
+
 def test_enforce_eager_left_to_the_engine_is_eager_on_cpu_only():
     undecided = vllm_plan()
     assert undecided.options.enforce_eager is None  # the spec's default
@@ -130,7 +135,7 @@ def test_gpu_memory_utilization_passes_through_on_cpu_too():
 
 
 def test_pass_through_arguments_are_added_untouched():
-    dep = vllm_plan('engine_args = { max_num_seqs = 8, trust_remote_code = true, hf_overrides = { a = 1 } }\n')
+    dep = vllm_plan("engine_args = { max_num_seqs = 8, trust_remote_code = true, hf_overrides = { a = 1 } }\n")
     args = engine_args(dep, "m", None, None)
     assert (args["max_num_seqs"], args["trust_remote_code"], args["hf_overrides"]) == (8, True, {"a": 1})
 
@@ -156,9 +161,12 @@ def test_every_dedicated_key_collides(key):
 
 
 def test_kv_cache_memory_bytes_may_pass_through_unless_kv_cache_space_gb_is_set():
-    assert engine_args(vllm_plan("engine_args = { kv_cache_memory_bytes = 1000 }\n"), "m", None, None)[
-        "kv_cache_memory_bytes"
-    ] == 1000
+    assert (
+        engine_args(vllm_plan("engine_args = { kv_cache_memory_bytes = 1000 }\n"), "m", None, None)[
+            "kv_cache_memory_bytes"
+        ]
+        == 1000
+    )
     dep = vllm_plan("kv_cache_space_gb = 2\nengine_args = { kv_cache_memory_bytes = 1000 }\n")
     with pytest.raises(VLLMConfigError, match="spec key `kv_cache_space_gb`"):
         engine_args(dep, "m", None, None)

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from runtime.weights import ResolvedModel, converted_dir, resolve_weights
 from runtime.plan import ModelSource
+from runtime.weights import ResolvedModel, converted_dir, resolve_weights
 
 
 def test_hub_ids_pass_through_with_revision_and_tokenizer():
@@ -72,5 +72,5 @@ def test_gguf_that_was_converted_before_is_reused_without_loading_anything(tmp_p
 
 
 def test_folder_without_config_is_not_a_model_folder(tmp_path):
-    with pytest.raises(RuntimeError, match="is not a model folder \\(no config.json\\)"):
+    with pytest.raises(RuntimeError, match=r"is not a model folder \(no config\.json\)"):
         resolve_weights(ModelSource("local", str(tmp_path)))

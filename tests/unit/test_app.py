@@ -1,0 +1,40 @@
+"""runtime.app.build_app: the Serve application a plan becomes, inspected without starting Ray."""
+
+from __future__ import annotations
+
+from runtime.app import SERVE_ENV_DEFAULTS, ModelDeployment, OpenAIIngress, Recording, build_app
+from runtime.plan import INGRESS_NAME, build_plan
+from runtime.spec import parse_spec
+
+SPEC = """
+name = "t"
+[server]
+api_key = "k"
+[deployments.a]
+engine = "echo"
+num_replicas = 2
+num_cpus = 0.5
+max_ongoing_requests = 4
+[deployments.b]
+engine = "echo"
+[deployments.b.sampling]
+temperature = 0.3
+"""
+
+
+def test_one_model_deployment_per_model_and_an_ingress_bound_to_their_handles_and_cards(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    plan = build_plan(parse_spec(SPEC))
+    ingress = build_app(plan, Recording("sqlite:///x.db", "run-1"))._bound_deployment
+    assert (ingress.name, ingress.func_or_class, ingress.num_replicas) == (INGRESS_NAME, OpenAIIngress, 1)
+    assert ingress.ray_actor_options == {"num_cpus": plan.ingress_num_cpus}
+    cards, handles, api_key, recording = ingress.init_args
+    assert cards == plan.cards and [c.sampling for c in cards] == [{}, {"temperature": 0.3}]
+    assert (api_key, recording) == ("k", Recording("sqlite:///x.db", "run-1"))
+    assert list(handles) == ["a", "b"]
+    a = handles["a"]._bound_deployment
+    assert (a.name, a.func_or_class, a.num_replicas, a.max_ongoing_requests) == ("a", ModelDeployment, 2, 4)
+    assert a.init_args == (plan.deployments[0],)
+    assert a.ray_actor_options["num_cpus"] == 0.5
+    env = a.ray_actor_options["runtime_env"]["env_vars"]
+    assert env["HF_HUB_OFFLINE"] == "1" and SERVE_ENV_DEFAULTS.items() <= env.items()
