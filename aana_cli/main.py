@@ -1,12 +1,13 @@
 """The `aana` command: each command parses its options, calls into `runtime`, renders, and picks the exit code.
 
-Exit codes: 0 success; 1 the spec or the deployment failed (the message says why); 2 bad command-line usage
+Exit codes: 0 success; 1 the spec is invalid or `aana up` failed (the message says why); 2 bad command-line usage
 (`aana status` and `aana down` also use 2 for "nothing running" and 3 for "cluster unreachable").
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,10 +19,9 @@ from rich.markup import escape
 from aana_cli import console
 from aana_cli.options import Address, DatabaseUrl, DrainTimeout, Host, Json, Port, SpecPath
 from runtime import detached, lifecycle
-from runtime.engines.registry import ENGINES, missing_packages
-from runtime.errors import LaunchError
+from runtime.errors import Interrupted, LaunchError
 from runtime.plan import AppPlan, load_plan, local_path_problems
-from runtime.preflight import engine_args_problems
+from runtime.preflight import engine_args_problems, missing_package_problems
 from runtime.spec import SpecError
 
 app = typer.Typer(
@@ -46,7 +46,7 @@ def _exit_codes(as_json: bool = False) -> Iterator[None]:
     except LaunchError as exc:
         if as_json:
             console.out.print_json(json.dumps({"error": str(exc), "exit_code": exc.exit_code}))
-        elif exc.exit_code != 130:  # an interrupt was already reported as it happened
+        elif not isinstance(exc, Interrupted):  # an interrupt was already reported as it happened
             for problem in exc.problems:
                 console.error(problem)
         raise typer.Exit(exc.exit_code) from None
@@ -57,14 +57,8 @@ def validate(spec: SpecPath, as_json: Json = False) -> None:
     """Check a spec and print the deployment plan. Exit 0 when valid, 1 when not."""
     with _exit_codes():
         plan = load_plan(spec)
-        for d in plan.deployments:
-            if missing := missing_packages(d.engine):
-                console.warning(
-                    f"deployment {d.model_id!r}: engine {d.engine!r} needs {', '.join(missing)}, not installed here "
-                    f"(`aana up` will refuse); install it: {ENGINES[d.engine].install_hint}"
-                )
-        for problem in local_path_problems(plan):
-            console.warning(str(problem))
+        for problem in missing_package_problems(plan) + [str(p) for p in local_path_problems(plan)]:
+            console.warning(problem)
         if problems := engine_args_problems(plan):
             raise LaunchError(*problems)
     if as_json:
@@ -114,11 +108,23 @@ def up(
     try:
         with _exit_codes():
             if detach:
-                console.ready_banner(detached.up_detached(request, observer))
+                observer.serving(detached.up_detached(request, observer, _child_command()))
             else:
                 lifecycle.up(request, observer)
     finally:
         observer.close()
+
+
+def _child_command() -> list[str]:
+    """How a detached `aana up` starts its child: this `aana` script (beside this Python), never `python -m`."""
+    script = Path(sys.executable).parent / "aana"
+    return [str(script) if script.exists() else "aana", "detached-child"]
+
+
+@app.command("detached-child", hidden=True)
+def detached_child(request_json: str) -> None:
+    """The background process of `aana up --detach` (internal)."""
+    raise typer.Exit(detached.child_main(request_json))
 
 
 @app.command()

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from ray import serve
 from ray.exceptions import RayError
@@ -25,7 +24,7 @@ from runtime.model_api import ModelCard, ModelHealth, StreamItem
 from runtime.model_server import ModelServer
 from runtime.openai.ingress import Admission, create_app
 from runtime.plan import AppPlan, DeploymentPlan
-from runtime.records import CompletionRecord
+from runtime.records import CompletionRecord, Recording
 
 logger = logging.getLogger("aana.app")
 
@@ -42,24 +41,12 @@ _FORWARDED_ENV = (
 SERVE_ENV_DEFAULTS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 
-@dataclass(frozen=True)
-class Recording:
-    """Where the ingress records each completion: the database and this `aana up` run's id there."""
-
-    database_url: str
-    run_id: str | None
-
-
 class ModelDeployment(ModelServer):
     """`ModelServer` as Ray Serve runs it: started in the constructor, shut down when Serve removes the replica."""
 
     async def __init__(self, plan: DeploymentPlan):
         ModelServer.__init__(self, plan)
         await self.start()
-
-    async def ready(self) -> ModelHealth:
-        """The ingress's /health ping: whether the engine serves, and its load."""
-        return await self.health()
 
     async def __del__(self) -> None:
         # Serve awaits this on graceful shutdown: the engine's processes and memory go with the replica.
@@ -90,7 +77,7 @@ class RemoteModel:
 
     async def health(self) -> ModelHealth:
         try:
-            return await asyncio.wait_for(self.handle.ready.remote(), HEALTH_PING_TIMEOUT_S)
+            return await asyncio.wait_for(self.handle.health.remote(), HEALTH_PING_TIMEOUT_S)
         except asyncio.TimeoutError:
             return ModelHealth(problem=f"no replica answered within {HEALTH_PING_TIMEOUT_S:.0f} s")
         except (RayError, RayServeException) as exc:

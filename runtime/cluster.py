@@ -18,6 +18,7 @@ from typing import Any
 from runtime.errors import LaunchError, Unreachable
 from runtime.plan import AppPlan
 from runtime.preflight import cpu_problems, gpu_problems
+from runtime.records import Recording
 
 POLL_INTERVAL_S = 0.5
 
@@ -114,7 +115,7 @@ def resource_problems(plan: AppPlan) -> list[str]:
     )
 
 
-def deploy(plan: AppPlan, recording: Any = None) -> None:
+def deploy(plan: AppPlan, recording: Recording | None = None) -> None:
     """Start Serve's HTTP proxy on the plan's host and port and submit the app; returns without waiting."""
     from ray import serve
 

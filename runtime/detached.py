@@ -1,6 +1,6 @@
 """`aana up --detach`: `up` in a background process that reports to the parent through a pipe.
 
-The child (`python -m runtime.detached REQUEST_JSON`) runs `runtime.lifecycle.up` with an observer that writes each
+The child (`aana`'s hidden child command with the request as JSON, which calls `child_main`) runs `runtime.lifecycle.up` with an observer that writes each
 event as a JSON line to the pipe the parent passed it, and plain text lines to its log file. The parent replays the
 events to its own observer and returns once a "serving" event arrives; a "failed" event carries the child's
 problems, and a pipe that closes without either means the child died. Readiness never depends on a log's wording.
@@ -13,7 +13,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
@@ -29,8 +28,12 @@ from runtime.spec import SpecError
 _EVENTS_FD_ENV = "AANA_EVENTS_FD"
 
 
-def up_detached(request: UpRequest, observer: Observer) -> Serving:
-    """Start `up` in a background process; return once it serves, forwarding its progress to `observer`."""
+def up_detached(request: UpRequest, observer: Observer, command: list[str]) -> Serving:
+    """Start `up` in a background process; return once it serves, forwarding its progress to `observer`.
+
+    `command` starts the child and gets the request (JSON) appended: the `aana` script's hidden child command, so
+    the child's imports never depend on the current directory (as `python -m` would).
+    """
     plan, address = checked_plan(request)
     log = local_apps.log_path(plan.app_name)
     child_request = replace(request, spec_path=str(Path(request.spec_path).resolve()), host=plan.host,
@@ -38,37 +41,59 @@ def up_detached(request: UpRequest, observer: Observer) -> Serving:
     read_fd, write_fd = os.pipe()
     with log.open("w") as out:
         child = subprocess.Popen(
-            [sys.executable, "-m", "runtime.detached", json.dumps(asdict(child_request))],
+            [*command, json.dumps(asdict(child_request))],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             pass_fds=(write_fd,),
             env=os.environ | {"AANA_LOG_FILE": str(log), _EVENTS_FD_ENV: str(write_fd), "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
     os.close(write_fd)
-    with os.fdopen(read_fd, "r", encoding="utf-8") as events:
-        for event in _read_events(events, deadline=time.monotonic() + request.timeout_s + 60):
+    deadline = time.monotonic() + request.timeout_s + 60
+    try:
+        for event in _read_events(read_fd, deadline):
             kind = event.pop("kind")
             if kind == "serving":
                 return Serving(**(event | {"pid": child.pid, "log": str(log)}))
             if kind == "failed":
-                child.wait(60)
+                _wait(child, 60)
                 raise LaunchError(*event["problems"], f"its log is {log}")
             _replay(kind, event, observer)
-    if child.poll() is None:
+    finally:
+        os.close(read_fd)
+    if time.monotonic() >= deadline:
         child.send_signal(signal.SIGTERM)
         raise LaunchError(f"not serving after {request.timeout_s:g} s; stopped it. Its log is {log}")
-    raise LaunchError(f"aana up exited with code {child.returncode} before serving; its log is {log}")
+    code = _wait(child, 60)  # the pipe closed first: the child is on its way out
+    raise LaunchError(f"aana up exited with code {code} before serving; its log is {log}:", *_tail(log))
 
 
-def _read_events(stream: Any, deadline: float) -> Iterator[dict[str, Any]]:
-    """JSON lines from the child until it closes the pipe or the deadline passes."""
+def _wait(child: subprocess.Popen, timeout_s: float) -> int | None:
+    try:
+        return child.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _tail(log: Path, lines: int = 5) -> list[str]:
+    text = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    return [f"  {line}" for line in text[-lines:]]
+
+
+def _read_events(fd: int, deadline: float) -> Iterator[dict[str, Any]]:
+    """JSON lines from the child until it closes the pipe or the deadline passes. Reads the raw descriptor: a
+    buffered reader could hold a second line that select() would then never report."""
+    pending = b""
     while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([stream], [], [], min(left, 1.0))
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
         if not ready:
             continue
-        line = stream.readline()
-        if not line:
+        chunk = os.read(fd, 65536)
+        if not chunk:
             return
-        yield json.loads(line)
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
 
 
 def _replay(kind: str, event: dict[str, Any], observer: Observer) -> None:
@@ -149,8 +174,9 @@ class _Both:
         return call
 
 
-def _child_main(argv: list[str]) -> int:
-    request = UpRequest(**json.loads(argv[1]))
+def child_main(request_json: str) -> int:
+    """The detached child: run `up` and report to the parent's pipe; returns the exit code."""
+    request = UpRequest(**json.loads(request_json))
     channel = _Channel(int(os.environ.pop(_EVENTS_FD_ENV)))
     try:
         up(request, _Both(_LogLines(), channel))
@@ -161,7 +187,3 @@ def _child_main(argv: list[str]) -> int:
         channel.send("failed", problems=problems)
         return exc.exit_code if isinstance(exc, LaunchError) else 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv))

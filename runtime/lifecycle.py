@@ -2,7 +2,8 @@
 
 Owns the order of things (checks, database, Ray, run record, deploy, wait, serve, drain, stop), the local app
 records (`runtime.local_apps`) and the run history in the database. It reports through an `Observer`, so the CLI
-renders and this module never prints (`runtime.detached` runs `up` in a background process). Failures raise `runtime.errors` types (or `runtime.spec.SpecError`), each with the exit code the CLI uses.
+renders and this module never prints (`runtime.detached` runs `up` in a background process). Failures raise
+`runtime.errors` types (or `runtime.spec.SpecError`), each with the exit code the CLI uses.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,6 +21,7 @@ from runtime import cluster, local_apps, preflight
 from runtime.cluster import Progress
 from runtime.errors import Ambiguous, Interrupted, LaunchError, NothingRunning, Unreachable
 from runtime.plan import AppPlan, load_plan
+from runtime.records import Recording
 
 APP_WATCH_INTERVAL_S = 2.0
 STATS_WINDOW_S = 3600.0
@@ -69,6 +72,8 @@ class Observer(Protocol):
 
 def up(request: UpRequest, observer: Observer) -> None:
     """Deploy the spec and serve until Ctrl-C, SIGTERM or the app's removal; then drain and stop."""
+    from runtime.store import runs
+
     plan, address = checked_plan(request)
     database_url = _prepare_database(plan, request, observer)
     serving, run_id = False, None
@@ -77,7 +82,7 @@ def up(request: UpRequest, observer: Observer) -> None:
         observer.step("starting Ray" if address is None else f"connecting to Ray at {address}")
         cluster.start_ray(plan, address)
         spec_text = Path(request.spec_path).read_text(encoding="utf-8")
-        run_id = _record(observer, "record_start", database_url, plan.app_name, spec_text, cluster.gcs_address(),
+        run_id = _record(observer, runs.record_start, database_url, plan.app_name, spec_text, cluster.gcs_address(),
                          plan.base_url)  # fmt: skip
         # After ray.init, which installs handlers of its own: `kill` and Ctrl-C both stop cleanly, also when the
         # parent shell started us with SIGINT ignored.
@@ -85,8 +90,6 @@ def up(request: UpRequest, observer: Observer) -> None:
         signal.signal(signal.SIGINT, _interrupt)
         if problems := cluster.resource_problems(plan):
             raise LaunchError(*problems)
-        from runtime.app import Recording
-
         cluster.deploy(plan, Recording(database_url, run_id))
         cluster.wait_until_running(plan, request.timeout_s, observer.progress)
         local_apps.save(
@@ -98,7 +101,7 @@ def up(request: UpRequest, observer: Observer) -> None:
             )
         )  # fmt: skip
         if run_id:
-            _record(observer, "record_state", database_url, run_id, "running")
+            _record(observer, runs.record_state, database_url, run_id, "running")
         observer.serving(Serving(plan.app_name, plan.base_url, plan.model_ids))
         serving, outcome = True, "stopped"
         while cluster.app_exists(plan.app_name):
@@ -119,7 +122,7 @@ def up(request: UpRequest, observer: Observer) -> None:
         cluster.shutdown(plan.app_name, owned=address is None)
         local_apps.remove(plan.app_name, os.getpid())
         if run_id:
-            _record(observer, "record_stop", database_url, run_id, outcome, error)
+            _record(observer, runs.record_stop, database_url, run_id, outcome, error)
         observer.info("stopped")
 
 
@@ -152,13 +155,12 @@ def _prepare_database(plan: AppPlan, request: UpRequest, observer: Observer) -> 
     return url
 
 
-def _record(observer: Observer, write: str, *args: Any) -> Any:
+def _record(observer: Observer, write: Callable[..., Any], *args: Any) -> Any:
     """Run history is worth keeping but never worth failing a serving app over: warn and go on."""
-    from runtime.store import runs
     from runtime.store.errors import StoreError
 
     try:
-        return getattr(runs, write)(*args)
+        return write(*args)
     except StoreError as exc:
         observer.warning(f"could not write to the database: {exc}")
         return None

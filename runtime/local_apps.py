@@ -63,7 +63,10 @@ def remove(app: str, pid: int) -> None:
 
 def load(app: str) -> AppRecord | None:
     try:
-        return AppRecord(**json.loads(_path(app).read_text()))
+        data = json.loads(_path(app).read_text())
+        if "deployment_id" in data:  # written by an aana that called a run a deployment
+            data["run_id"] = data.pop("deployment_id")
+        return AppRecord(**data)
     except (FileNotFoundError, json.JSONDecodeError, TypeError):
         return None
 

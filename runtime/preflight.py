@@ -21,13 +21,7 @@ from runtime.plan import AppPlan, local_path_problems
 
 def problems(plan: AppPlan, embedded: bool) -> list[str]:
     """Problems that need no Ray to find; `embedded`: the app will run on a Ray that `aana up` starts here."""
-    found = engine_args_problems(plan)
-    for d in plan.deployments:
-        if missing := missing_packages(d.engine):
-            found.append(
-                f"deployment {d.model_id!r} uses engine {d.engine!r}, but {', '.join(missing)} is not installed "
-                f"in this Python; install it: {ENGINES[d.engine].install_hint}"
-            )
+    found = engine_args_problems(plan) + missing_package_problems(plan)
     if embedded:
         found += gpu_problems(plan, local_gpu_count(), where="this machine")
         if not port_is_free(plan.host, plan.port):
@@ -36,6 +30,16 @@ def problems(plan: AppPlan, embedded: bool) -> list[str]:
                 "server.port in the spec)"
             )
     return found + [str(p) for p in local_path_problems(plan)]
+
+
+def missing_package_problems(plan: AppPlan) -> list[str]:
+    """Engines whose packages this Python lacks (`aana up` refuses them; `aana validate` warns)."""
+    return [
+        f"deployment {d.model_id!r}: engine {d.engine!r} needs {', '.join(missing)}, not installed here; install it: "
+        f"{ENGINES[d.engine].install_hint}"
+        for d in plan.deployments
+        if (missing := missing_packages(d.engine))
+    ]
 
 
 def engine_args_problems(plan: AppPlan) -> list[str]:

@@ -1,4 +1,5 @@
-"""The one record of a finished chat completion, from the ingress's meter to the database's requests table.
+"""The one record of a finished chat completion, from the ingress's meter to the database's requests table, and
+where an app sends them.
 
 Standard library only: the HTTP layer builds it, the store writes it, and neither imports the other.
 """
@@ -7,6 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
+
+@dataclass(frozen=True)
+class Recording:
+    """Where an app records each completion: the database, and the id of the `aana up` run there."""
+
+    database_url: str
+    run_id: str | None
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.errors import NothingRunning
 from runtime.plan import INGRESS_NAME, base_url
 
 SCHEMA_ID = "aana.status/1"
 
-EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_NOTHING, EXIT_UNREACHABLE = 0, 1, 2, 3
+# 2 (nothing running) and 3 (unreachable) are the exit codes of runtime.errors.NothingRunning and Unreachable.
+EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_NOTHING = 0, 1, NothingRunning.exit_code
 
 _num = {"type": "number"}
 _str_or_null = {"type": ["string", "null"]}

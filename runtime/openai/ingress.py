@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -73,21 +73,31 @@ class Exchange:
         if reply.events is None:
             self.close(200)
             return JSONResponse(reply.completion.model_dump(), headers=headers)
-        return StreamingResponse(self._then_close(reply.events), media_type="text/event-stream",
-                                 headers=_SSE_HEADERS | headers)  # fmt: skip
+        return _ExchangeStream(self, reply, media_type="text/event-stream", headers=_SSE_HEADERS | headers)
 
-    async def _then_close(self, events: AsyncIterator[str]) -> AsyncIterator[str]:
+
+class _ExchangeStream(StreamingResponse):
+    """An SSE response that ends its exchange and closes the model's stream however sending ends, also when the
+    client left before the first byte (then Starlette never iterates the body, and no generator's `finally` runs)."""
+
+    def __init__(self, exchange: Exchange, reply: Reply, **kwargs: Any):
+        super().__init__(reply.events, **kwargs)
+        self.exchange = exchange
+        self.release = reply.release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            async for event in events:
-                yield event
+            await super().__call__(scope, receive, send)
         finally:
-            self.close(200)
+            if self.release is not None:
+                await self.release()
+            self.exchange.close(200)
 
 
-def bearer_auth(api_key: str | None) -> Callable[[Request], None]:
+def bearer_auth(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
     """A dependency that requires `Authorization: Bearer <api_key>` when a key is configured."""
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:  # async: run on the event loop, no thread hop
         if api_key is None:
             return
         given = request.headers.get("authorization", "")
@@ -113,12 +123,12 @@ def create_app(
     authorized = [Depends(bearer_auth(api_key))]
     created = int(time.time())
 
-    def admitted() -> Exchange:
+    async def admitted() -> Exchange:
         admission.enter()
         return Exchange(admission, Meter(on_record))
 
     async def chat_completions(request: Request, exchange: Exchange = Depends(admitted)) -> Response:
-        return await exchange.respond(chat.create(await request.body(), exchange.meter))
+        return await exchange.respond(chat.create(request.body, exchange.meter))
 
     def models_route() -> dict[str, Any]:
         return model_list(cards, created)

@@ -1,6 +1,6 @@
 """The OpenAI endpoints' logic, apart from HTTP: chat completions, the model list and the health report.
 
-`ChatCompletions.create` takes the raw body and the request's meter and returns a `Reply`: a whole completion, or
+`ChatCompletions.create` takes a reader of the raw body and the request's meter and returns a `Reply`: a whole completion, or
 the SSE events of a stream. It reads the first item of the model's stream before returning, so a failure before the
 first token raises `APIError` with a real status instead of a 200 followed by an error. The router
 (`runtime.openai.ingress`) turns replies and errors into responses; it holds no logic of its own.
@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,8 @@ class Reply:
     request_id: str
     completion: ChatCompletion | None = None
     events: AsyncIterator[str] | None = None
+    # Closes the model's stream (idempotent): for a response that is never sent, e.g. the client left first.
+    release: Callable[[], Awaitable[None]] | None = None
 
 
 class ChatCompletions:
@@ -53,8 +55,8 @@ class ChatCompletions:
             )
         return card
 
-    async def create(self, raw: bytes, meter: Meter) -> Reply:
-        body = parse_chat_request(raw)
+    async def create(self, read_body: Callable[[], Awaitable[bytes]], meter: Meter) -> Reply:
+        body = parse_chat_request(await read_body())
         meter.model, meter.stream = body.model, bool(body.stream)
         if body.stream_options is not None and not body.stream:
             raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
@@ -72,7 +74,7 @@ class ChatCompletions:
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = stream_events(chained, ChunkWriter(ids, include_usage, logprobs), params.n)
-            return Reply(request_id, events=events)
+            return Reply(request_id, events=events, release=items.aclose)
         return Reply(request_id, completion=await collect(chained, ids, params.n, logprobs))
 
 

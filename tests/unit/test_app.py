@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from runtime.app import SERVE_ENV_DEFAULTS, ModelDeployment, OpenAIIngress, Recording, build_app
+from runtime.app import SERVE_ENV_DEFAULTS, ModelDeployment, OpenAIIngress, build_app
 from runtime.plan import INGRESS_NAME, build_plan
+from runtime.records import Recording
 from runtime.spec import parse_spec
 
 SPEC = """

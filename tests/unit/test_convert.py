@@ -121,3 +121,9 @@ def test_out_of_range_n_and_top_logprobs_fail_validation(body, param):
     with pytest.raises(ValidationError) as caught:
         _convert_for("vllm", **body)
     assert caught.value.errors()[0]["loc"] == (param,)
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_every_field_an_engine_supports_is_a_request_field(engine):
+    # A misspelt name in the registry would silently turn a supported field into a 400.
+    assert set(ENGINES[engine].supports) <= set(ChatCompletionRequest.model_fields)
