@@ -22,7 +22,8 @@ from ray.serve.handle import DeploymentHandle
 from runtime.engines.base import GenerationRequest, StreamError
 from runtime.model_api import ModelCard, ModelHealth, StreamItem
 from runtime.model_server import ModelServer
-from runtime.openai.ingress import Admission, create_app
+from runtime.openai.ingress import create_app
+from runtime.openai.service import Admission
 from runtime.plan import AppPlan, DeploymentPlan
 from runtime.records import CompletionRecord, Recording
 
@@ -70,7 +71,12 @@ class RemoteModel:
             finished = True
         except (RayError, RayServeException) as exc:
             finished = True
-            yield StreamError("unavailable", f"model {self.model_id} is unavailable: {type(exc).__name__}: {exc}")
+            # Ray's text names actors, pids and node IPs: the operator's log gets it, the client a plain reason.
+            logger.warning("request %s to %s failed in Ray: %s", request.request_id, self.model_id, exc)
+            yield StreamError(
+                "unavailable",
+                f"model {self.model_id}: the replica serving this request stopped; Ray restarts it, retry",
+            )
         finally:
             if not finished:
                 responses.cancel()  # the client went away: stop the replica's generation too
@@ -81,7 +87,8 @@ class RemoteModel:
         except asyncio.TimeoutError:
             return ModelHealth(problem=f"no replica answered within {HEALTH_PING_TIMEOUT_S:.0f} s")
         except (RayError, RayServeException) as exc:
-            return ModelHealth(problem=f"{type(exc).__name__}: {exc}")
+            logger.warning("health ping to %s failed in Ray: %s", self.model_id, exc)
+            return ModelHealth(problem=f"no replica answers ({type(exc).__name__})")
 
 
 @serve.ingress()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ def up(request: UpRequest, observer: Observer) -> None:
     from runtime.store import runs
 
     plan, address = checked_plan(request)
+    notice_lost_runs(observer)
     database_url = _prepare_database(plan, request, observer)
     serving, run_id = False, None
     outcome, error = "failed", None
@@ -195,6 +197,7 @@ def down(app_name: str | None, address: str | None, drain_timeout_s: float, obse
 
 def status(address: str | None, database_url: str | None, observer: Observer) -> dict[str, Any]:
     """The `runtime.status` snapshot of the cluster, with each app's request figures of the last hour."""
+    notice_lost_runs(observer)
     records = local_apps.running()
     target = address or (records[0].ray_address if records else "auto")
     _connect(target, records[0].ray_auth_mode if records and not address else None, explicit=address is not None)
@@ -204,6 +207,38 @@ def status(address: str | None, database_url: str | None, observer: Observer) ->
         cluster.disconnect()
     _add_request_stats(snapshot, records, database_url, observer)
     return snapshot
+
+
+def notice_lost_runs(observer: Observer) -> None:
+    """Runs whose `aana up` died (kill -9, a crash) together with its Ray: mark them lost in the database, noting
+    when, and forget their local records. A run whose cluster still answers may still be serving: left alone."""
+    from runtime.store import runs
+    from runtime.store.db import resolve_database_url
+    from runtime.store.errors import StoreError
+
+    for record in local_apps.stale():
+        if _answers(record.ray_address):
+            continue
+        if record.run_id:
+            url = record.database_url or resolve_database_url(None, None)[0]
+            reason = f"aana up (pid {record.pid}) and its Ray at {record.ray_address} ended without stopping the run"
+            try:
+                if runs.mark_lost(url, record.run_id, reason):
+                    observer.warning(f"app {record.app}: {reason}; marked run {record.run_id} lost")
+            except StoreError as exc:
+                observer.warning(f"could not mark run {record.run_id} lost: {exc}")
+                continue
+        local_apps.remove(record.app, record.pid)
+
+
+def _answers(address: str) -> bool:
+    """Whether something listens at a Ray GCS address (host:port); no Ray import, no waiting on a dead host."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _connect(target: str, auth_mode: str | None, explicit: bool) -> None:

@@ -79,6 +79,13 @@ def running() -> list[AppRecord]:
     return sorted(alive, key=lambda r: r.started_at, reverse=True)
 
 
+def stale() -> list[AppRecord]:
+    """Records whose `aana up` process is gone without removing them (killed, or its machine restarted)."""
+    folder = state_dir() / "apps"
+    records = [load(p.stem) for p in folder.glob("*.json")] if folder.is_dir() else []
+    return [r for r in records if r is not None and not pid_alive(r.pid)]
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

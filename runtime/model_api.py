@@ -30,6 +30,17 @@ class ModelHealth:
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """What one model admits: how many requests at once (running + queued, over its replicas), for how long, and
+    how much work one request may ask for."""
+
+    capacity: int = 96
+    timeout_s: float = 600.0
+    max_tokens_per_request: int = 16384
+    max_logprobs_per_request: int = 65536
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """What the ingress needs of one model: its id, its engine, the request fields it honours, and its defaults."""
 
@@ -38,6 +49,7 @@ class ModelCard:
     max_model_len: int | None
     supports: frozenset[str]  # request fields the engine can honour beyond the basic ones
     sampling: Mapping[str, Any]  # the spec's sampling defaults, only those set
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
 
 class ModelClient(Protocol):

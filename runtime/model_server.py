@@ -7,6 +7,7 @@ replica boundary, so nothing crosses a process boundary as a pickled exception a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -25,12 +26,22 @@ class ModelServer:
         self.plan = plan
         self.engine: Engine = (engine_class or load_engine_class(plan.engine))(plan)
         self._stopped = False
+        # At most max_ongoing_requests generate at once; the rest wait here, in arrival order. Ray lets more than
+        # that reach the replica (see DeploymentPlan.deployment_options) so that a health probe never queues
+        # behind generation: busy is still ready.
+        self._slots = asyncio.Semaphore(plan.max_ongoing_requests)
+        self.queued = 0
 
     async def start(self) -> None:
         """Load the model; raises with the engine's reason when it cannot."""
         await self.engine.start()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        self.queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.queued -= 1
         generator = self.engine.generate(request)
         try:
             async for delta in generator:
@@ -43,6 +54,7 @@ class ModelServer:
                 "internal", f"model {self.plan.model_id} failed ({type(exc).__name__}); see the server log"
             )
         finally:
+            self._slots.release()
             await generator.aclose()
 
     async def check_health(self) -> None:
@@ -55,7 +67,7 @@ class ModelServer:
             await self.engine.check_health()
         except RuntimeError as exc:
             return ModelHealth(problem=str(exc))
-        return ModelHealth(load=self.engine.load())
+        return ModelHealth(load=self.engine.load() | {"queued": self.queued})
 
     async def shutdown(self) -> None:
         """Release the engine (its processes, memory, device). Safe to call twice."""

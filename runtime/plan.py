@@ -16,7 +16,7 @@ from typing import Any
 
 from runtime.engines.options import EngineOptions
 from runtime.engines.registry import ENGINES
-from runtime.model_api import ModelCard
+from runtime.model_api import ModelCard, RequestLimits
 from runtime.sources import ModelSource
 from runtime.spec import AppSpec, Problem, SamplingSpec, SpecError, load_spec
 
@@ -25,9 +25,10 @@ INGRESS_NUM_CPUS = 0.1
 INGRESS_NAME = "OpenAIIngress"  # the Ray Serve deployment name of the HTTP ingress
 INGRESS_MAX_ONGOING_REQUESTS = 1000  # the ingress only relays; the models' own limits are what bound the work
 # Ray's periodic replica health check: a replica whose engine fails it is replaced.
-HEALTH_CHECK_PERIOD_S = 10.0
+HEALTH_CHECK_PERIOD_S = 2.0
 HEALTH_CHECK_TIMEOUT_S = 30.0
 GRACEFUL_SHUTDOWN_TIMEOUT_S = 5.0
+HEALTH_PROBE_HEADROOM = 8
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class DeploymentPlan:
     sampling: SamplingSpec  # the spec's defaults for what a request leaves out
     options: EngineOptions  # the engine's own keys of the spec (dtype, device, quantization, ...), typed
     engine_args: dict[str, Any] = field(default_factory=dict)  # the pass-through table, untouched
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     @property
     def supports(self) -> frozenset[str]:
@@ -59,7 +61,9 @@ class DeploymentPlan:
         return {
             "name": self.model_id,
             "num_replicas": self.num_replicas,
-            "max_ongoing_requests": self.max_ongoing_requests,
+            # Room for every request the ingress admits plus health probes: the replica itself holds generation to
+            # max_ongoing_requests (ModelServer), so a probe never waits behind it in Ray's queue.
+            "max_ongoing_requests": self.limits.capacity + HEALTH_PROBE_HEADROOM,
             "ray_actor_options": self.ray_actor_options,
             "health_check_period_s": HEALTH_CHECK_PERIOD_S,
             "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
@@ -73,6 +77,7 @@ class DeploymentPlan:
             max_model_len=self.max_model_len,
             supports=self.supports,
             sampling=self.sampling.model_dump(exclude_none=True),
+            limits=self.limits,
         )
 
 
@@ -163,6 +168,7 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
                 sampling=dep.sampling,
                 options=engine.options.model_validate(dep.model_dump(include=set(engine.options.model_fields))),
                 engine_args=dict(dep.engine_args),
+                limits=_limits(dep, spec.server.request_timeout_s),
             )
         )
     if problems:
@@ -176,6 +182,18 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
         ray_address=spec.ray.address,
         ray_num_cpus=spec.ray.num_cpus,
         deployments=tuple(deployments),
+    )
+
+
+def _limits(dep: Any, server_timeout_s: float) -> RequestLimits:
+    queued = dep.max_queued_requests
+    if queued is None:
+        queued = 2 * dep.max_ongoing_requests * dep.num_replicas
+    return RequestLimits(
+        capacity=dep.max_ongoing_requests * dep.num_replicas + queued,
+        timeout_s=dep.request_timeout_s or server_timeout_s,
+        max_tokens_per_request=dep.max_tokens_per_request,
+        max_logprobs_per_request=dep.max_logprobs_per_request,
     )
 
 

@@ -67,6 +67,12 @@ class _Section(BaseModel):
 class ServerSpec(_Section):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds; 0.0.0.0 to listen on all interfaces.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the OpenAI-compatible HTTP server.")
+    request_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest a request may take: before its first token it gets 504, a stream an error event; "
+        "the model stops generating for it. A deployment may set its own.",
+    )
     api_key: str | None = Field(
         None,
         description="When set, requests must send `Authorization: Bearer <api_key>`. Write `${ENV_VAR}` to keep it "
@@ -125,6 +131,25 @@ class _DeploymentBase(_Section):
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per replica; fractions allowed.")
     max_model_len: int | None = Field(None, ge=1, description="Context length (prompt + completion) in tokens.")
     max_ongoing_requests: int = Field(16, ge=1, description="Requests one replica accepts at once before queueing.")
+    max_queued_requests: int | None = Field(
+        None,
+        ge=0,
+        description="Requests that may wait for a replica beyond those running; more get 429 with Retry-After at "
+        "once. Default: 2 x max_ongoing_requests x num_replicas.",
+    )
+    request_timeout_s: float | None = Field(None, gt=0, description="This model's own [server] request_timeout_s.")
+    max_tokens_per_request: int = Field(
+        16384,
+        ge=1,
+        description="Most tokens one request may ask for over all its choices (n x max_tokens); more is a 400, so "
+        "one request cannot starve the others.",
+    )
+    max_logprobs_per_request: int = Field(
+        65536,
+        ge=1,
+        description="Most logprob entries one request may ask for (n x max_tokens x (1 + top_logprobs)); more is a "
+        "400.",
+    )
     chat_template: str | None = Field(
         None,
         description="`model` or unset: the model's own; a bundled name (`llama2`, `chatml`); a file path; or "

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "abort"]
-ErrorKind = Literal["invalid_request", "context_length", "unavailable", "internal"]
+# timeout: the request ran past its deadline (the serving layer cut it; engines never raise it).
+ErrorKind = Literal["invalid_request", "context_length", "unavailable", "timeout", "internal"]
 
 
 @dataclass(frozen=True)

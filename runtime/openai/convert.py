@@ -50,12 +50,38 @@ def to_generation_request(request: ChatCompletionRequest, request_id: str, card:
     values["ignore_eos"] = bool(request.ignore_eos)
     values["n"] = request.n or 1
     values["logprobs"] = (request.top_logprobs or 0) if request.logprobs else None
+    _check_budget(values["n"], values["max_tokens"], values["logprobs"], card)
     return GenerationRequest(
         request_id=request_id,
         messages=tuple(_flatten(i, m) for i, m in enumerate(request.messages)),
         params=GenerationParams(**values),
         max_tokens_requested=requested_max is not None,
     )
+
+
+def _check_budget(n: int, max_tokens: int | None, logprobs: int | None, card: ModelCard) -> None:
+    """One request may not ask for more work than the model's limits allow (a 400 naming the fields), so a small
+    request body cannot make a huge response that starves everyone else."""
+    tokens = max_tokens  # the request's, else the spec's default; none at all: the context bounds it
+    if tokens is None:
+        return
+    limits = card.limits
+    if n * tokens > limits.max_tokens_per_request:
+        asked = f"n x max_tokens = {n} x {tokens} = {n * tokens}" if n > 1 else f"max_tokens = {tokens}"
+        raise APIError(
+            400,
+            f"{asked} tokens is more than one request may ask of {card.id} ({limits.max_tokens_per_request}); lower "
+            f"{'n or max_tokens' if n > 1 else 'max_tokens'}",
+            param="n" if n > 1 else "max_tokens",
+        )
+    if logprobs is not None and n * tokens * (1 + logprobs) > limits.max_logprobs_per_request:
+        raise APIError(
+            400,
+            f"n x max_tokens x (1 + top_logprobs) = {n} x {tokens} x {1 + logprobs} = {n * tokens * (1 + logprobs)} "
+            f"logprob entries is more than one request may ask of {card.id} ({limits.max_logprobs_per_request}); "
+            "lower top_logprobs, n or max_tokens",
+            param="top_logprobs",
+        )
 
 
 def _check_logprobs(request: ChatCompletionRequest) -> None:

@@ -9,23 +9,33 @@ from typing import Any
 from runtime.engines.base import StreamError
 from runtime.openai.protocol import ErrorBody, ErrorResponse
 
-_STATUS_BY_KIND = {"invalid_request": 400, "context_length": 400, "unavailable": 503, "internal": 500}
+_STATUS_BY_KIND = {"invalid_request": 400, "context_length": 400, "unavailable": 503, "timeout": 504, "internal": 500}
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "invalid_request_error",
+    429: "rate_limit_error",
     500: "internal_server_error",
     503: "service_unavailable",
+    504: "timeout_error",
 }
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers or {}  # e.g. Retry-After on a 429
 
     @property
     def type(self) -> str:
@@ -38,7 +48,7 @@ class APIError(Exception):
 
     @classmethod
     def from_stream_error(cls, error: StreamError) -> APIError:
-        code = "context_length_exceeded" if error.kind == "context_length" else None
+        code = {"context_length": "context_length_exceeded", "timeout": "timeout"}.get(error.kind)
         return cls(_STATUS_BY_KIND.get(error.kind, 500), error.message, error.param, code)
 
 

@@ -9,6 +9,7 @@ can drain) and hands its meter's record to the recorder when the response, strea
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -19,61 +20,36 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from runtime.model_api import ModelCard, ModelClient
 from runtime.openai.errors import APIError, from_validation_errors
-from runtime.openai.metering import Meter, OnRecord
-from runtime.openai.service import ChatCompletions, Reply, health_report, model_list
+from runtime.openai.metering import CLIENT_CLOSED, Meter, OnRecord
+from runtime.openai.service import Admission, ChatCompletions, Exchange, Reply, health_report, model_list
 
 logger = logging.getLogger("aana.ingress")
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class Admission:
-    """Counts requests in flight and, once draining, turns new ones away so `aana down` can wait for the rest."""
-
-    def __init__(self) -> None:
-        self.draining = False
-        self.in_flight = 0
-
-    def enter(self) -> None:
-        if self.draining:
-            raise APIError(503, "the server is shutting down and takes no new requests; retry later", code="draining")
-        self.in_flight += 1
-
-    def leave(self) -> None:
-        self.in_flight -= 1
-
-
-class Exchange:
-    """One admitted request, until its response has been sent (or has failed)."""
-
-    def __init__(self, admission: Admission, meter: Meter):
-        self.admission = admission
-        self.meter = meter
-        self._open = True
-
-    def close(self, status_code: int) -> None:
-        if self._open:
-            self._open = False
-            self.admission.leave()
-            self.meter.finish(status_code)
-
-    async def respond(self, work: Awaitable[Reply]) -> Response:
-        try:
-            reply = await work
-        except APIError as exc:
-            self.close(exc.status)
-            raise
-        except BaseException:
-            self.close(500)
-            raise
-        headers = {"x-request-id": reply.request_id}
-        if reply.events is None:
-            self.close(200)
-            return JSONResponse(reply.completion.model_dump(), headers=headers)
-        return _ExchangeStream(self, reply, media_type="text/event-stream", headers=_SSE_HEADERS | headers)
+async def respond(exchange: Exchange, work: Awaitable[Reply]) -> Response:
+    """The response for one exchange; it ends the exchange when the answer is sent, whatever happens."""
+    try:
+        reply = await work
+    except APIError as exc:
+        exchange.close(exc.status)
+        raise
+    except (asyncio.CancelledError, ClientDisconnect):
+        exchange.close(CLIENT_CLOSED)  # the client went away before its answer
+        raise
+    except BaseException:
+        exchange.close(500)
+        raise
+    headers = {"x-request-id": reply.request_id}
+    if reply.events is None:
+        exchange.close(200)
+        return JSONResponse(reply.completion.model_dump(), headers=headers)
+    return _ExchangeStream(exchange, reply, media_type="text/event-stream", headers=_SSE_HEADERS | headers)
 
 
 class _ExchangeStream(StreamingResponse):
@@ -128,7 +104,7 @@ def create_app(
         return Exchange(admission, Meter(on_record))
 
     async def chat_completions(request: Request, exchange: Exchange = Depends(admitted)) -> Response:
-        return await exchange.respond(chat.create(request.body, exchange.meter))
+        return await respond(exchange, chat.create(request.body, exchange))
 
     def models_route() -> dict[str, Any]:
         return model_list(cards, created)
@@ -147,7 +123,7 @@ def create_app(
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:

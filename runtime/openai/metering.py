@@ -19,6 +19,9 @@ from runtime.records import CompletionRecord
 
 logger = logging.getLogger("aana.ingress")
 
+# nginx's "client closed request": recorded for a client that left before its answer was complete; not an error.
+CLIENT_CLOSED = 499
+
 OnRecord = Callable[[CompletionRecord], None]
 
 
@@ -54,17 +57,29 @@ class Meter:
             if delta.finish_reason is not None:
                 self.finish_reasons[delta.index] = delta.finish_reason
 
+    @property
+    def completed(self) -> bool:
+        """Every choice finished and nothing failed."""
+        return self.error is None and len(self.finish_reasons) >= self.choices
+
+    def final_status(self, status_code: int) -> int:
+        """The status to record: a 200 stream that the client left before its end is 499 (client closed request)."""
+        if status_code == 200 and self.error is None and not self.completed:
+            return CLIENT_CLOSED
+        return status_code
+
     def _finish_reason(self, status_code: int) -> str | None:
         """The record's one finish reason: choice 0's, "error", or "abort" for a client that left before the end."""
         if self.error:
             return "error"
+        if status_code == CLIENT_CLOSED:
+            return "abort"
         if self.prompt_tokens is None:
             return None
-        if len(self.finish_reasons) >= self.choices:
-            return self.finish_reasons.get(0)
-        return "abort" if status_code == 200 else None
+        return self.finish_reasons.get(0)
 
     def finish(self, status_code: int) -> None:
+        status_code = self.final_status(status_code)
         if self.on_record is None:
             return
         record = CompletionRecord(

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,10 +42,89 @@ class Reply:
     release: Callable[[], Awaitable[None]] | None = None
 
 
+class Admission:
+    """Counts requests in flight and, once draining, turns new ones away so `aana down` can wait for the rest."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+
+    def enter(self) -> None:
+        if self.draining:
+            raise APIError(503, "the server is shutting down and takes no new requests; retry later", code="draining")
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+class Exchange:
+    """One admitted request, until its response has been sent (or has failed): it holds the request's meter and
+    whatever must be released when it ends, and ends exactly once."""
+
+    def __init__(self, admission: Admission, meter: Meter):
+        self.admission = admission
+        self.meter = meter
+        self._open = True
+        self._on_close: list[Callable[[Meter], None]] = []
+
+    def defer(self, release: Callable[[Meter], None]) -> None:
+        self._on_close.append(release)
+
+    def close(self, status_code: int) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self.admission.leave()
+        for release in self._on_close:
+            release(self.meter)
+        self.meter.finish(status_code)
+
+
+class ModelGate:
+    """Admission for one model: at most `capacity` requests in flight (running or waiting for a replica) through
+    this ingress; one more gets 429 at once, with a Retry-After from the model's recent completion rate."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, model: str, capacity: int):
+        self.model = model
+        self.capacity = capacity
+        self.in_flight = 0
+        self.completions: deque[float] = deque(maxlen=256)  # monotonic times of recent completed requests
+
+    def enter(self) -> None:
+        if self.in_flight >= self.capacity:
+            seconds = self.retry_after_s()
+            raise APIError(
+                429,
+                f"model {self.model} is at capacity ({self.capacity} requests running or queued); retry after "
+                f"{seconds} s",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(seconds)},
+            )
+        self.in_flight += 1
+
+    def leave(self, meter: Meter) -> None:
+        self.in_flight -= 1
+        if meter.completed:
+            self.completions.append(time.monotonic())
+
+    def retry_after_s(self) -> int:
+        """About when a slot frees: the time between completions lately (1 s when nothing completed lately)."""
+        now = time.monotonic()
+        recent = [t for t in self.completions if now - t <= self.WINDOW_S]
+        if len(recent) < 2:
+            return 1
+        rate = (len(recent) - 1) / max(recent[-1] - recent[0], 1e-3)  # completions per second
+        return min(60, max(1, math.ceil(1 / rate)))
+
+
 class ChatCompletions:
     def __init__(self, models: Mapping[str, ModelClient], cards: Sequence[ModelCard]):
         self.models = dict(models)
         self.cards = {card.id: card for card in cards}
+        self.gates = {card.id: ModelGate(card.id, card.limits.capacity) for card in cards}
 
     def card(self, model: str) -> ModelCard:
         card = self.cards.get(model)
@@ -55,7 +137,8 @@ class ChatCompletions:
             )
         return card
 
-    async def create(self, read_body: Callable[[], Awaitable[bytes]], meter: Meter) -> Reply:
+    async def create(self, read_body: Callable[[], Awaitable[bytes]], exchange: Exchange) -> Reply:
+        meter = exchange.meter
         body = parse_chat_request(await read_body())
         meter.model, meter.stream = body.model, bool(body.stream)
         if body.stream_options is not None and not body.stream:
@@ -66,7 +149,11 @@ class ChatCompletions:
         generation = to_generation_request(body, request_id, card)
         params = generation.params
         meter.choices = params.n
-        items = meter.watch(self.models[card.id].generate(generation))
+        gate = self.gates[card.id]
+        gate.enter()
+        exchange.defer(gate.leave)
+        deadline = Deadline(card.limits.timeout_s, card.id)
+        items = meter.watch(deadline.bound(self.models[card.id].generate(generation)))
         first = await _first_item(items)
         ids = ResponseIds(id=request_id, created=int(time.time()), model=card.id)
         chained = _chain(first, items)
@@ -109,6 +196,50 @@ async def health_report(models: Mapping[str, ModelClient]) -> tuple[int, dict[st
         return 200, {"status": "ok", "models": report}
     error = APIError(503, "not ready: " + "; ".join(f"{k}: {v}" for k, v in failing.items()))
     return 503, {"status": "unavailable", "models": report} | error.body()
+
+
+class Deadline:
+    """A request's time limit over its model stream: an item that has not come by then becomes a timeout error,
+    and the stream is closed, which stops the generation."""
+
+    def __init__(self, timeout_s: float, model: str):
+        self.timeout_s = timeout_s
+        self.model = model
+        self.at = asyncio.get_running_loop().time() + timeout_s
+
+    async def bound(self, items: AsyncIterator[StreamItem]) -> AsyncIterator[StreamItem]:
+        try:
+            while True:
+                try:
+                    item = await _next_before(items, self.at)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    yield StreamError(
+                        "timeout",
+                        f"the request to {self.model} took longer than its {self.timeout_s:g} s limit; ask for fewer "
+                        "tokens or raise request_timeout_s",
+                    )
+                    return
+                yield item
+        finally:
+            await items.aclose()
+
+
+if sys.version_info >= (3, 11):
+
+    async def _next_before(items: AsyncIterator[StreamItem], at: float) -> StreamItem:
+        async with asyncio.timeout_at(at):  # a timer per item, no extra task
+            return await items.__anext__()
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _next_before(items: AsyncIterator[StreamItem], at: float) -> StreamItem:
+        timeout = at - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(items.__anext__(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError from None
 
 
 async def _first_item(items: AsyncIterator[StreamItem]) -> StreamItem:

@@ -21,7 +21,9 @@ from runtime.store.db import make_engine, mask_url, translated_errors
 from runtime.store.errors import StoreError
 from runtime.store.models import Request, Run, as_utc
 
-STATES = ("starting", "running", "stopped", "failed")
+# lost: the `aana up` that owned the run died without recording its end (noticed later, see mark_lost).
+STATES = ("starting", "running", "stopped", "failed", "lost")
+CLIENT_CLOSED = 499  # a client that left before its answer: recorded, not an error
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class ModelStats:
 
     model: str
     count: int
-    errors: int  # responses with status_code >= 400
+    errors: int  # responses with status_code >= 400, except 499 (the client left)
     streamed: int
     prompt_tokens: int
     completion_tokens: int
@@ -86,6 +88,17 @@ def record_stop(
     _update(url, run_id, state=state, error=error, stopped_at=now or datetime.now(timezone.utc))
 
 
+def mark_lost(url: str, run_id: str, reason: str, *, now: datetime | None = None) -> bool:
+    """Mark a run that is still starting or running as lost, noticed now; False when it had already ended."""
+    with _session(url, "write to") as session:
+        result = session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.state.in_(("starting", "running")))
+            .values(state="lost", error=reason, stopped_at=now or datetime.now(timezone.utc))
+        )
+        return result.rowcount > 0
+
+
 def get_run(url: str, run_id: str) -> Run | None:
     """The run with this id, or None."""
     with _session(url, "read") as session:
@@ -130,7 +143,7 @@ def _model_stats(model: str, rows: list) -> ModelStats:
     return ModelStats(
         model=model,
         count=len(rows),
-        errors=sum(1 for row in rows if row.status_code >= 400),
+        errors=sum(1 for row in rows if row.status_code >= 400 and row.status_code != CLIENT_CLOSED),
         streamed=sum(1 for row in rows if row.stream),
         prompt_tokens=sum(row.prompt_tokens for row in rows),
         completion_tokens=sum(row.completion_tokens for row in rows),

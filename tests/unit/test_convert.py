@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from runtime.engines.registry import ENGINES
-from runtime.model_api import ModelCard
+from runtime.model_api import ModelCard, RequestLimits
 from runtime.openai.convert import to_generation_request
 from runtime.openai.errors import APIError
 from runtime.openai.protocol import ChatCompletionRequest
@@ -127,3 +127,40 @@ def test_out_of_range_n_and_top_logprobs_fail_validation(body, param):
 def test_every_field_an_engine_supports_is_a_request_field(engine):
     # A misspelt name in the registry would silently turn a supported field into a 400.
     assert set(ENGINES[engine].supports) <= set(ChatCompletionRequest.model_fields)
+
+
+def _card(**limits):
+    return ModelCard("m", "echo", None, ENGINES["echo"].supports, {}, RequestLimits(**limits))
+
+
+def _budget(card, **body):
+    body.setdefault("model", "m")
+    body.setdefault("messages", [{"role": "user", "content": "hi"}])
+    return to_generation_request(ChatCompletionRequest.model_validate(body), "id-1", card)
+
+
+def test_a_request_asking_for_more_tokens_than_its_budget_is_a_400_naming_the_fields():
+    card = _card(max_tokens_per_request=100)
+    assert _budget(card, n=2, max_tokens=50).params.n == 2
+    with pytest.raises(APIError) as caught:
+        _budget(card, n=3, max_tokens=50)
+    assert caught.value.param == "n"
+    assert "n x max_tokens = 3 x 50 = 150 tokens is more than one request may ask of m (100)" in caught.value.message
+    with pytest.raises(APIError) as caught:
+        _budget(card, max_tokens=101)
+    assert caught.value.param == "max_tokens" and "lower max_tokens" in caught.value.message
+
+
+def test_logprobs_have_a_budget_of_their_own():
+    card = _card(max_logprobs_per_request=1000)
+    assert _budget(card, max_tokens=100, logprobs=True, top_logprobs=9).params.logprobs == 9
+    with pytest.raises(APIError) as caught:
+        _budget(card, n=128, max_tokens=100, logprobs=True, top_logprobs=20)
+    assert caught.value.param in ("n", "top_logprobs")
+    with pytest.raises(APIError) as caught:
+        _budget(card, max_tokens=100, logprobs=True, top_logprobs=10)
+    assert caught.value.param == "top_logprobs" and "1100 logprob entries" in caught.value.message
+
+
+def test_without_any_max_tokens_the_context_bounds_the_work():
+    assert _budget(_card(max_tokens_per_request=1), n=1).params.max_tokens is None

@@ -6,6 +6,8 @@ The echo engine is scripted (`enqueue`) and records what it received (`history`)
 
 import asyncio
 import json
+import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -183,7 +185,10 @@ def test_health_is_ok_when_every_model_is_ready(client):
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok",
-        "models": {"echo": {"status": "ready", "running": 0}, "other": {"status": "ready", "running": 0}},
+        "models": {
+            "echo": {"status": "ready", "running": 0, "queued": 0},
+            "other": {"status": "ready", "running": 0, "queued": 0},
+        },
     }
 
 
@@ -238,7 +243,7 @@ def test_health_is_503_with_the_reason():
     body = response.json()
     assert body["models"] == {
         "echo": {"status": "unavailable", "reason": "the engine core died"},
-        "other": {"status": "ready", "running": 0},
+        "other": {"status": "ready", "running": 0, "queued": 0},
     }
     assert "echo: the engine core died" in body["error"]["message"]
 
@@ -458,3 +463,80 @@ def test_an_engine_without_choices_or_logprobs_rejects_them_with_a_400(body, par
     assert stand_in.engine.history == []
     assert _chat(client, model="hf", n=1, logprobs=False).status_code == 200
     assert len(stand_in.engine.history) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Admission (429), deadlines (504), budgets and truthful records
+
+
+SLOW_SPEC = """
+name = "t"
+[server]
+request_timeout_s = {timeout}
+[deployments.echo]
+engine = "echo"
+token_delay_s = {delay}
+max_ongoing_requests = 1
+max_queued_requests = 0
+"""
+
+
+def _slow(timeout=30, delay=0.2, on_record=None):
+    spec = SLOW_SPEC.format(timeout=timeout, delay=delay)
+    servers = _servers(spec)
+    return _client(servers=servers, spec=spec, on_record=on_record), servers["echo"].engine
+
+
+def test_a_model_at_capacity_answers_429_with_retry_after_at_once():
+    records = []
+    client, engine = _slow(on_record=records.append)
+    words = " ".join(["w"] * 10)
+    first = {}
+    holder = threading.Thread(
+        target=lambda: first.update(r=_chat(client, messages=[{"role": "user", "content": words}]))
+    )
+    holder.start()
+    while engine.running == 0:  # the first request holds the only slot
+        assert holder.is_alive()
+        time.sleep(0.01)
+    error_response = _chat(client)
+    holder.join()
+    error = _error(error_response, 429)
+    assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
+    assert "echo is at capacity (1 requests running or queued)" in error["message"]
+    assert int(error_response.headers["retry-after"]) >= 1
+    assert first["r"].status_code == 200
+    assert len(engine.history) == 1  # the refused request never reached the model
+    assert sorted(r.status_code for r in records) == [200, 429]
+    assert _chat(client).status_code == 200  # the slot is free again
+
+
+def test_past_its_deadline_before_the_first_token_a_request_gets_504_and_the_model_stops():
+    client, engine = _slow(timeout=0.3, delay=5)
+    error = _error(_chat(client), 504)
+    assert error["code"] == "timeout" and "0.3 s limit" in error["message"]
+    assert engine.running == 0
+
+
+def test_past_its_deadline_a_stream_gets_an_error_event_then_done():
+    records = []
+    client, engine = _slow(timeout=0.5, delay=0.2, on_record=records.append)
+    chunks = []
+    with client.stream("POST", "/v1/chat/completions", json={
+        "model": "echo", "stream": True, "messages": [{"role": "user", "content": " ".join(["w"] * 50)}],
+    }) as response:  # fmt: skip
+        assert response.status_code == 200
+        chunks = [line for line in response.iter_lines() if line]
+    assert chunks[-1] == "data: [DONE]"
+    assert json.loads(chunks[-2][6:])["error"]["code"] == "timeout"
+    assert any('"content":"w"' in c for c in chunks)  # it did stream before the deadline
+    assert engine.running == 0
+    [record] = records
+    assert (record.status_code, record.finish_reason) == (200, "error")
+
+
+def test_a_huge_request_is_a_400_before_it_reaches_the_model():
+    servers = _servers()
+    error = _error(_chat(_client(servers=servers), n=128, max_tokens=1000, logprobs=True, top_logprobs=20), 400)
+    assert error["param"] == "n" and "16384" in error["message"]
+    assert servers["echo"].engine.history == []

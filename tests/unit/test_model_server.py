@@ -57,7 +57,7 @@ def test_an_engine_bug_becomes_an_internal_error_without_its_text(caplog):
 
 def test_health_is_ready_with_load_or_the_reason():
     server = _started()
-    assert asyncio.run(server.health()) == ModelHealth(load={"running": 0})
+    assert asyncio.run(server.health()) == ModelHealth(load={"running": 0, "queued": 0})
     server.engine.unhealthy = "engine core died"
     health = asyncio.run(server.health())
     assert (health.ready, health.problem) == (False, "engine core died")
@@ -68,3 +68,28 @@ def test_shutdown_releases_the_engine_once():
     asyncio.run(server.shutdown())
     asyncio.run(server.shutdown())
     assert server.engine.shutdowns == 1
+
+
+def test_at_most_max_ongoing_requests_generate_and_the_rest_wait_their_turn():
+    plan = build_plan(
+        parse_spec('name = "t"\n[deployments.m]\nengine = "echo"\nmax_ongoing_requests = 1\ntoken_delay_s = 0.05\n')
+    ).deployments[0]
+    server = ModelServer(plan)
+
+    async def run():
+        await server.start()
+        requests = [GenerationRequest(f"r{i}", ({"role": "user", "content": "a b c"},)) for i in range(3)]
+
+        async def one(request):
+            return [item async for item in server.generate(request)]
+
+        tasks = [asyncio.create_task(one(r)) for r in requests]
+        await asyncio.sleep(0.07)  # the first is generating; the other two wait for its slot
+        seen = (server.engine.running, server.queued, (await server.health()).load)
+        results = await asyncio.gather(*tasks)
+        return seen, results
+
+    (running, queued, load), results = asyncio.run(run())
+    assert (running, queued, load) == (1, 2, {"running": 1, "queued": 2})
+    assert all(items[-1].finish_reason == "stop" for items in results)
+    assert server.queued == 0 and server.engine.running == 0

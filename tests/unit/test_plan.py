@@ -12,7 +12,9 @@ import pytest
 
 from runtime.engines.options import EchoOptions, TransformersOptions
 from runtime.engines.registry import ENGINES
+from runtime.model_api import RequestLimits
 from runtime.plan import (
+    HEALTH_PROBE_HEADROOM,
     INGRESS_NUM_CPUS,
     AppPlan,
     DeploymentPlan,
@@ -355,10 +357,12 @@ def test_resources_and_limits():
     assert (dep.max_model_len, dep.max_ongoing_requests) == (4096, 8)
     assert dep.ray_actor_options == {"num_cpus": 2.5, "num_gpus": 0.5}
     assert dep.deployment_options() == {
-        "name": "llm", "num_replicas": 3, "max_ongoing_requests": 8,
+        "name": "llm", "num_replicas": 3, "max_ongoing_requests": 3 * 8 + 48 + HEALTH_PROBE_HEADROOM,
         "ray_actor_options": {"num_cpus": 2.5, "num_gpus": 0.5},
-        "health_check_period_s": 10.0, "health_check_timeout_s": 30.0, "graceful_shutdown_timeout_s": 5.0,
+        "health_check_period_s": 2.0, "health_check_timeout_s": 30.0, "graceful_shutdown_timeout_s": 5.0,
     }  # fmt: skip
+    # Admission: 3 replicas x 8 running, and by default twice that waiting.
+    assert dep.limits == RequestLimits(capacity=3 * 8 + 2 * 8 * 3, timeout_s=600.0)
     card = dep.card()
     assert (card.id, card.engine, card.max_model_len, card.supports) == ("llm", "vllm", 4096, ENGINES["vllm"].supports)
 
