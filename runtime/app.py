@@ -10,8 +10,11 @@ The ingress is kept separate from the models so one HTTP endpoint serves every m
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import threading
+import time
 from collections.abc import AsyncIterator
 
 from ray import serve
@@ -91,19 +94,64 @@ class RemoteModel:
             return ModelHealth(problem=f"no replica answers ({type(exc).__name__})")
 
 
+# The drain signal and each ingress replica's report live in Ray's GCS key-value store, which every process of the
+# cluster reaches: a Serve handle call would reach one ingress replica only.
+KV_NAMESPACE = "aana"
+REPORT_INTERVAL_S = 0.2
+
+
+def drain_key(app: str) -> bytes:
+    return f"{app}/draining".encode()
+
+
+def report_prefix(app: str) -> bytes:
+    return f"{app}/ingress/".encode()
+
+
+class DrainWatch:
+    """One ingress replica's side of a drain: a thread that reads the app's drain flag (set by `aana down` or a
+    stopping `aana up`) and reports this replica's requests in flight, every REPORT_INTERVAL_S."""
+
+    def __init__(self, app: str, admission: Admission):
+        self.app = app
+        self.admission = admission
+        self.key = report_prefix(app) + serve.get_replica_context().replica_id.unique_id.encode()
+        self.stopped = threading.Event()
+        threading.Thread(target=self._run, name="aana-drain-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        from ray.experimental import internal_kv
+
+        while not self.stopped.wait(REPORT_INTERVAL_S):
+            try:
+                if internal_kv._internal_kv_get(drain_key(self.app), namespace=KV_NAMESPACE):
+                    self.admission.draining = True
+                report = {"draining": self.admission.draining, "in_flight": self.admission.in_flight, "at": time.time()}
+                internal_kv._internal_kv_put(self.key, json.dumps(report), namespace=KV_NAMESPACE)
+            except (RayError, OSError) as exc:  # the GCS is restarting or gone: try again next round
+                logger.warning("drain watch of %s: %s", self.app, exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
 @serve.ingress()
 class OpenAIIngress:
     def __init__(
         self,
+        app_name: str,
         cards: tuple[ModelCard, ...],
         handles: dict[str, DeploymentHandle],
         api_key: str | None,
         recording: Recording | None,
+        replicas: int = 1,
     ):
         self.cards = cards
         self.models = {card.id: RemoteModel(card.id, handles[card.id]) for card in cards}
         self.api_key = api_key
+        self.replicas = replicas
         self.admission = Admission()
+        self.drain_watch = DrainWatch(app_name, self.admission)
         self.recorder = None
         if recording is not None:
             from runtime.store.recorder import RequestRecorder
@@ -112,23 +160,17 @@ class OpenAIIngress:
 
     def __serve_build_asgi_app__(self):
         on_record = self._record if self.recorder else None
-        return create_app(self.models, self.cards, self.api_key, self.admission, on_record)
+        return create_app(self.models, self.cards, self.api_key, self.admission, on_record, share=self.replicas)
 
     def _record(self, record: CompletionRecord) -> None:
         self.recorder.record(record)
 
     def __del__(self):
-        # Serve calls this on graceful shutdown: write what is still queued.
+        # Serve calls this on graceful shutdown (SIGTERM included): write what is still queued. A kill -9 loses at
+        # most the rows of the recorder's last flush interval (1 s).
+        self.drain_watch.stop()
         if self.recorder is not None:
             self.recorder.close(timeout=10)
-
-    async def drain(self) -> int:
-        """Stop admitting requests (503 from now on); return how many are still in flight. Called by aana down."""
-        self.admission.draining = True
-        return self.admission.in_flight
-
-    async def in_flight(self) -> int:
-        return self.admission.in_flight
 
 
 def _runtime_env() -> dict:
@@ -142,4 +184,4 @@ def build_app(plan: AppPlan, recording: Recording | None = None) -> serve.Applic
         options["ray_actor_options"] = options["ray_actor_options"] | {"runtime_env": _runtime_env()}
         handles[d.model_id] = serve.deployment(ModelDeployment).options(**options).bind(d)
     ingress = serve.deployment(OpenAIIngress).options(**plan.ingress_options())
-    return ingress.bind(plan.cards, handles, plan.api_key, recording)
+    return ingress.bind(plan.app_name, plan.cards, handles, plan.api_key, recording, plan.ingress_replicas or 1)

@@ -105,6 +105,12 @@ def gcs_address() -> str:
     return ray.get_runtime_context().gcs_address
 
 
+def cpu_count() -> float:
+    import ray
+
+    return ray.cluster_resources().get("CPU", 0.0)
+
+
 def resource_problems(plan: AppPlan) -> list[str]:
     """What the connected cluster lacks for the plan (Ray would leave such a deployment pending forever)."""
     import ray
@@ -122,6 +128,7 @@ def deploy(plan: AppPlan, recording: Recording | None = None) -> None:
     from runtime.app import build_app
 
     serve.start(http_options={"host": plan.host, "port": plan.port}, logging_config={"log_level": "WARNING"})
+    _forget_drain(plan.app_name)
     target = serve.RunTarget(build_app(plan, recording), name=plan.app_name, route_prefix="/")
     serve.run_many([target], wait_for_applications_running=False)
 
@@ -195,22 +202,68 @@ def app_exists(app_name: str) -> bool:
 
 
 def drain(app_name: str, timeout_s: float) -> int:
-    """Make the app's ingress refuse new requests, wait up to timeout_s for those in flight; return what is left."""
-    from ray import serve
+    """Make every ingress replica of the app refuse new requests (503), wait up to timeout_s for the requests in
+    flight on all of them; return how many are left."""
     from ray.exceptions import RayError
-    from ray.serve.exceptions import RayServeException
+    from ray.experimental import internal_kv
 
+    from runtime.app import KV_NAMESPACE, drain_key
+
+    deadline = time.monotonic() + timeout_s
     try:
-        ingress = serve.get_app_handle(app_name)
-        in_flight = ingress.drain.remote().result(timeout_s=10)
-        deadline = time.monotonic() + timeout_s
-        while in_flight > 0 and time.monotonic() < deadline:
+        internal_kv._internal_kv_put(drain_key(app_name), b"1", namespace=KV_NAMESPACE)
+        while True:
+            acknowledged, in_flight = _ingress_reports(app_name)
+            if acknowledged >= _running_ingress_replicas(app_name) and in_flight == 0:
+                return 0
+            if time.monotonic() > deadline:
+                return in_flight
             time.sleep(0.2)
-            in_flight = ingress.in_flight.remote().result(timeout_s=10)
-    except (RayError, RayServeException, TimeoutError) as exc:
+    except RayError as exc:
         logging.getLogger("aana").warning("could not drain %s: %s", app_name, exc)
         return 0
-    return in_flight
+
+
+REPORT_STALE_S = 3.0  # an ingress replica reports every 0.2 s; an older report is a replica that is gone
+
+
+def _ingress_reports(app_name: str) -> tuple[int, int]:
+    """How many live ingress replicas have seen the drain flag, and their requests in flight."""
+    import json
+
+    from ray.experimental import internal_kv
+
+    from runtime.app import KV_NAMESPACE, report_prefix
+
+    acknowledged = in_flight = 0
+    for key in internal_kv._internal_kv_list(report_prefix(app_name), namespace=KV_NAMESPACE):
+        raw = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+        report = json.loads(raw) if raw else None
+        if report and report["draining"] and time.time() - report["at"] < REPORT_STALE_S:
+            acknowledged += 1
+            in_flight += report["in_flight"]
+    return acknowledged, in_flight
+
+
+def _running_ingress_replicas(app_name: str) -> int:
+    from ray import serve
+
+    from runtime.plan import INGRESS_NAME
+
+    app = serve.status().applications.get(app_name)
+    deployment = app.deployments.get(INGRESS_NAME) if app else None
+    if deployment is None:
+        return 0
+    return sum(n for state, n in (deployment.replica_states or {}).items() if _name(state) == "RUNNING")
+
+
+def _forget_drain(app_name: str) -> None:
+    """A new deployment of the app starts undrained (a previous run's flag and reports are gone)."""
+    from ray.experimental import internal_kv
+
+    from runtime.app import KV_NAMESPACE
+
+    internal_kv._internal_kv_del(f"{app_name}/".encode(), del_by_prefix=True, namespace=KV_NAMESPACE)
 
 
 def delete_app(app_name: str) -> None:

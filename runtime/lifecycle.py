@@ -90,6 +90,7 @@ def up(request: UpRequest, observer: Observer) -> None:
         # parent shell started us with SIGINT ignored.
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, _interrupt)
+        plan = plan.with_ingress_replicas(cluster.cpu_count())
         if problems := cluster.resource_problems(plan):
             raise LaunchError(*problems)
         cluster.deploy(plan, Recording(database_url, run_id))

@@ -23,6 +23,7 @@ from runtime.spec import AppSpec, Problem, SamplingSpec, SpecError, load_spec
 BUNDLED_TEMPLATES = ("llama2", "chatml")
 INGRESS_NUM_CPUS = 0.1
 INGRESS_NAME = "OpenAIIngress"  # the Ray Serve deployment name of the HTTP ingress
+MULTI_INGRESS_MIN_CPUS = 4
 INGRESS_MAX_ONGOING_REQUESTS = 1000  # the ingress only relays; the models' own limits are what bound the work
 # Ray's periodic replica health check: a replica whose engine fails it is replaced.
 HEALTH_CHECK_PERIOD_S = 2.0
@@ -100,7 +101,8 @@ class AppPlan:
     ray_address: str | None
     ray_num_cpus: int | None
     deployments: tuple[DeploymentPlan, ...]
-    ingress_num_cpus: float = INGRESS_NUM_CPUS
+    ingress_num_cpus: float = INGRESS_NUM_CPUS  # per ingress replica
+    ingress_replicas: int | None = None  # None: decided once the cluster's size is known (`with_ingress_replicas`)
 
     @property
     def model_ids(self) -> list[str]:
@@ -110,11 +112,20 @@ class AppPlan:
     def cards(self) -> tuple[ModelCard, ...]:
         return tuple(d.card() for d in self.deployments)
 
+    def with_ingress_replicas(self, cluster_cpus: float) -> AppPlan:
+        """The spec's ingress replicas, else 2 on a cluster of 4 CPUs or more (one can die without taking the
+        endpoint down), else 1 (a 2-core machine keeps its CPU for the model)."""
+        from dataclasses import replace
+
+        if self.ingress_replicas is not None:
+            return self
+        return replace(self, ingress_replicas=2 if cluster_cpus >= MULTI_INGRESS_MIN_CPUS else 1)
+
     def ingress_options(self) -> dict[str, Any]:
         """Keyword arguments for the ingress's `serve.Deployment.options`."""
         return {
             "name": INGRESS_NAME,
-            "num_replicas": 1,
+            "num_replicas": self.ingress_replicas or 1,
             "max_ongoing_requests": INGRESS_MAX_ONGOING_REQUESTS,
             "ray_actor_options": {"num_cpus": self.ingress_num_cpus},
         }
@@ -178,6 +189,7 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
         host=spec.server.host,
         port=spec.server.port,
         api_key=spec.server.api_key,
+        ingress_replicas=spec.server.ingress_replicas,
         database_url=spec.database.url,
         ray_address=spec.ray.address,
         ray_num_cpus=spec.ray.num_cpus,

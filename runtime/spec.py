@@ -67,6 +67,12 @@ class _Section(BaseModel):
 class ServerSpec(_Section):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds; 0.0.0.0 to listen on all interfaces.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the OpenAI-compatible HTTP server.")
+    ingress_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="Replicas of the HTTP ingress (each 0.1 CPU), so one can fail without taking the endpoint down. "
+        "Default: 2 when the Ray cluster has at least 4 CPUs, else 1.",
+    )
     request_timeout_s: float = Field(
         600.0,
         gt=0,

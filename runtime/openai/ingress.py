@@ -91,10 +91,12 @@ def create_app(
     api_key: str | None = None,
     admission: Admission | None = None,
     on_record: OnRecord | None = None,
+    share: int = 1,
 ) -> FastAPI:
+    """The app over `models`. `share`: how many ingress replicas split each model's admission capacity."""
     app = FastAPI(title="aana", summary="OpenAI-compatible chat completions", docs_url="/docs", redoc_url=None)
     _install_error_handlers(app)
-    chat = ChatCompletions(models, cards)
+    chat = ChatCompletions(models, cards, share)
     admission = admission or Admission()
     authorized = [Depends(bearer_auth(api_key))]
     created = int(time.time())
@@ -116,7 +118,11 @@ def create_app(
     for prefix in ("/v1", ""):
         app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"], dependencies=authorized)
         app.add_api_route(f"{prefix}/models", models_route, methods=["GET"], dependencies=authorized)
+    async def live() -> dict[str, str]:  # liveness: this process answers; it asks no model
+        return {"status": "alive"}
+
     app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/live", live, methods=["GET"])
     return app
 
 

@@ -121,10 +121,11 @@ class ModelGate:
 
 
 class ChatCompletions:
-    def __init__(self, models: Mapping[str, ModelClient], cards: Sequence[ModelCard]):
+    def __init__(self, models: Mapping[str, ModelClient], cards: Sequence[ModelCard], share: int = 1):
+        """`share`: the ingress replicas splitting each model's capacity (each admits its part, at least 1)."""
         self.models = dict(models)
         self.cards = {card.id: card for card in cards}
-        self.gates = {card.id: ModelGate(card.id, card.limits.capacity) for card in cards}
+        self.gates = {card.id: ModelGate(card.id, max(1, card.limits.capacity // share)) for card in cards}
 
     def card(self, model: str) -> ModelCard:
         card = self.cards.get(model)

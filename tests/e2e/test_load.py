@@ -189,3 +189,41 @@ def test_a_storm_of_cut_streams_stops_every_generation_and_records_each_as_499(t
     assert rows == [(499, "abort")] * 100
     [app] = [a for a in json.loads(status.stdout)["apps"] if a["name"] == "load"]
     assert (app["requests"]["echo"]["count"], app["requests"]["echo"]["errors"]) == (100, 0)  # a cut is no error
+
+
+def test_with_two_ingress_replicas_killing_one_fails_only_its_requests_in_flight(tmp_path):
+    import threading
+
+    spec = _spec(tmp_path, "token_delay_s = 0.05\nmax_ongoing_requests = 8\n", server="ingress_replicas = 2")
+    with serving(spec, tmp_path) as server:
+        ingresses = _replica_pids("OpenAIIngress")
+        assert len(ingresses) == 2
+        url = f"{server.base_url}/v1/chat/completions"
+        body = {"model": "echo", "messages": [{"role": "user", "content": WORDS}]}
+        outcomes: list[tuple[float, int]] = []  # (when it ended, status; 0 = the connection failed)
+        stop = threading.Event()
+
+        def client() -> None:
+            with httpx.Client(timeout=60) as http:
+                while not stop.is_set():
+                    try:
+                        status = http.post(url, json=body).status_code
+                    except httpx.HTTPError:
+                        status = 0
+                    outcomes.append((time.monotonic(), status))
+
+        workers = [threading.Thread(target=client) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        while len(outcomes) < 20:  # a steady stream is flowing through both replicas
+            time.sleep(0.1)
+        os.kill(ingresses[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        while len([t for t, _ in outcomes if t > killed_at + 5]) < 20:  # and keeps flowing afterwards
+            time.sleep(0.1)
+        stop.set()
+        for worker in workers:
+            worker.join()
+    failed = [status for _, status in outcomes if status != 200]
+    assert len(failed) <= len(workers), failed  # at most the requests in flight on the killed replica
+    assert all(status == 200 for t, status in outcomes if t > killed_at + 5)

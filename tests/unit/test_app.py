@@ -29,7 +29,8 @@ def test_one_model_deployment_per_model_and_an_ingress_bound_to_their_handles_an
     ingress = build_app(plan, Recording("sqlite:///x.db", "run-1"))._bound_deployment
     assert (ingress.name, ingress.func_or_class, ingress.num_replicas) == (INGRESS_NAME, OpenAIIngress, 1)
     assert ingress.ray_actor_options == {"num_cpus": plan.ingress_num_cpus}
-    cards, handles, api_key, recording = ingress.init_args
+    app_name, cards, handles, api_key, recording, replicas = ingress.init_args
+    assert (app_name, replicas) == ("t", 1)
     assert cards == plan.cards and [c.sampling for c in cards] == [{}, {"temperature": 0.3}]
     assert (api_key, recording) == ("k", Recording("sqlite:///x.db", "run-1"))
     assert list(handles) == ["a", "b"]
@@ -42,3 +43,13 @@ def test_one_model_deployment_per_model_and_an_ingress_bound_to_their_handles_an
     assert a.ray_actor_options["num_cpus"] == 0.5
     env = a.ray_actor_options["runtime_env"]["env_vars"]
     assert env["HF_HUB_OFFLINE"] == "1" and SERVE_ENV_DEFAULTS.items() <= env.items()
+
+
+def test_ingress_replicas_from_the_spec_or_the_cluster_size():
+    plan = build_plan(parse_spec(SPEC))
+    assert plan.with_ingress_replicas(2).ingress_replicas == 1  # a 2-core machine keeps its CPU for the model
+    assert plan.with_ingress_replicas(4).ingress_replicas == 2
+    pinned = build_plan(parse_spec(SPEC.replace('api_key = "k"', 'api_key = "k"\ningress_replicas = 3')))
+    assert pinned.with_ingress_replicas(64).ingress_replicas == 3
+    ingress = build_app(pinned.with_ingress_replicas(64))._bound_deployment
+    assert ingress.num_replicas == 3 and ingress.init_args[-1] == 3

@@ -540,3 +540,11 @@ def test_a_huge_request_is_a_400_before_it_reaches_the_model():
     error = _error(_chat(_client(servers=servers), n=128, max_tokens=1000, logprobs=True, top_logprobs=20), 400)
     assert error["param"] == "n" and "16384" in error["message"]
     assert servers["echo"].engine.history == []
+
+
+def test_liveness_asks_no_model():
+    servers = _servers()
+    servers["echo"].engine.unhealthy = "the engine core died"
+    client = _client(servers=servers, api_key="k")
+    assert client.get("/live").json() == {"status": "alive"}  # open without a key, whatever the models do
+    assert client.get("/health").status_code == 503
