@@ -118,6 +118,7 @@ def create_app(
     for prefix in ("/v1", ""):
         app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"], dependencies=authorized)
         app.add_api_route(f"{prefix}/models", models_route, methods=["GET"], dependencies=authorized)
+
     async def live() -> dict[str, str]:  # liveness: this process answers; it asks no model
         return {"status": "alive"}
 
