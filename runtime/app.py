@@ -10,6 +10,7 @@ The ingress is kept separate from the models so one HTTP endpoint serves every m
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import os
@@ -157,6 +158,9 @@ class OpenAIIngress:
             from runtime.store.recorder import RequestRecorder
 
             self.recorder = RequestRecorder(recording.database_url, recording.run_id)
+            # A worker stopped by SIGTERM outside Serve's graceful path still exits through the interpreter's
+            # exit handlers: write what is queued then too (close is idempotent).
+            atexit.register(self.recorder.close, 5)
 
     def __serve_build_asgi_app__(self):
         on_record = self._record if self.recorder else None
