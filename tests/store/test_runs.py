@@ -59,11 +59,25 @@ def test_recent_runs_newest_first(database_url):
     assert [r.id for r in runs.recent_runs(database_url, app_name="a", limit=1)] == [ids[2]]
 
 
+def test_a_run_left_running_is_marked_lost_once_with_when_it_was_noticed(database_url):
+    migrate.upgrade(database_url)
+    run_id = runs.record_start(database_url, "demo", SPEC, None, "u", now=T0)
+    runs.record_state(database_url, run_id, "running")
+    assert runs.mark_lost(database_url, run_id, "aana up (pid 7) is gone", now=T0 + timedelta(hours=2))
+    lost = runs.get_run(database_url, run_id)
+    assert (lost.state, lost.stopped_at, lost.error) == ("lost", T0 + timedelta(hours=2), "aana up (pid 7) is gone")
+    assert not runs.mark_lost(database_url, run_id, "again")  # already ended: left as it was
+    stopped = runs.record_start(database_url, "demo", SPEC, None, "u")
+    runs.record_stop(database_url, stopped)
+    assert not runs.mark_lost(database_url, stopped, "late")
+    assert runs.get_run(database_url, stopped).state == "stopped"
+
+
 def test_unknown_run_and_unknown_state(database_url):
     migrate.upgrade(database_url)
     with pytest.raises(StoreError, match=r"^no run 'nope' in the database at "):
         runs.record_state(database_url, "nope", "running")
-    with pytest.raises(ValueError, match="state must be one of starting, running, stopped, failed, not 'paused'"):
+    with pytest.raises(ValueError, match="state must be one of starting, running, stopped, failed, lost, not 'paused'"):
         runs.record_state(database_url, "nope", "paused")
 
 
@@ -86,6 +100,8 @@ def test_request_stats(database_url):
             )
         )
     recorder.record(CompletionRecord(id="b0", model="beta", status_code=400, latency_ms=7.0, created_at=T0))
+    # A client that left is counted, but is not an error.
+    recorder.record(CompletionRecord(id="b1", model="beta", status_code=499, latency_ms=3.0, created_at=T0))
     recorder.record(
         CompletionRecord(id="old", model="alpha", status_code=200, latency_ms=9e9, created_at=T0 - timedelta(days=1))
     )
@@ -97,10 +113,10 @@ def test_request_stats(database_url):
     assert runs.request_stats(database_url, since=T0, run_id="run-1") == [
         # ttft of the four successes [1, 2, 3, 4]: p50 = 2.5, p95 = 3 + 0.85 * 1; latency p95 = 40 + 0.8 * 10
         ModelStats("alpha", 5, 1, 2, 15, 10, 2.5, pytest.approx(3.85), 30.0, pytest.approx(48.0)),
-        ModelStats("beta", 1, 1, 0, 0, 0, None, None, 7.0, 7.0),
+        ModelStats("beta", 2, 1, 0, 0, 0, None, None, 5.0, pytest.approx(6.8)),
     ]
     everything = runs.request_stats(database_url, since=T0 - timedelta(days=2))
-    assert [(s.model, s.count, s.errors) for s in everything] == [("alpha", 6, 1), ("beta", 2, 1)]
+    assert [(s.model, s.count, s.errors) for s in everything] == [("alpha", 6, 1), ("beta", 3, 1)]
     # A naive `since` is UTC; an aware one in another zone means the same instant.
     tz = timezone(timedelta(hours=2))
     assert runs.request_stats(database_url, since=(T0 + timedelta(seconds=3)).astimezone(tz)) == runs.request_stats(
