@@ -122,9 +122,9 @@ def _child_command() -> list[str]:
 
 
 @app.command("detached-child", hidden=True)
-def detached_child(request_json: str) -> None:
+def detached_child() -> None:
     """The background process of `aana up --detach` (internal)."""
-    raise typer.Exit(detached.child_main(request_json))
+    raise typer.Exit(detached.child_main())
 
 
 @app.command()

@@ -1,6 +1,8 @@
 """`aana up --detach`: `up` in a background process that reports to the parent through a pipe.
 
-The child (`aana`'s hidden child command with the request as JSON, which calls `child_main`) runs `runtime.lifecycle.up` with an observer that writes each
+The child (`aana`'s hidden child command, which calls `child_main`) gets the request as JSON in its environment, never
+in its command line (it may hold a database password, and `ps` shows argv to every user). It runs
+`runtime.lifecycle.up` with an observer that writes each
 event as a JSON line to the pipe the parent passed it, and plain text lines to its log file. The parent replays the
 events to its own observer and returns once a "serving" event arrives; a "failed" event carries the child's
 problems, and a pipe that closes without either means the child died. Readiness never depends on a log's wording.
@@ -26,13 +28,14 @@ from runtime.lifecycle import Observer, Serving, UpRequest, checked_plan, up
 from runtime.spec import SpecError
 
 _EVENTS_FD_ENV = "AANA_EVENTS_FD"
+_REQUEST_ENV = "AANA_UP_REQUEST"
 
 
 def up_detached(request: UpRequest, observer: Observer, command: list[str]) -> Serving:
     """Start `up` in a background process; return once it serves, forwarding its progress to `observer`.
 
-    `command` starts the child and gets the request (JSON) appended: the `aana` script's hidden child command, so
-    the child's imports never depend on the current directory (as `python -m` would).
+    `command` starts the child: the `aana` script's hidden child command, so the child's imports never depend on the
+    current directory (as `python -m` would).
     """
     plan, address = checked_plan(request)
     log = local_apps.log_path(plan.app_name)
@@ -41,10 +44,16 @@ def up_detached(request: UpRequest, observer: Observer, command: list[str]) -> S
     read_fd, write_fd = os.pipe()
     with log.open("w") as out:
         child = subprocess.Popen(
-            [*command, json.dumps(asdict(child_request))],
+            command,
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             pass_fds=(write_fd,),
-            env=os.environ | {"AANA_LOG_FILE": str(log), _EVENTS_FD_ENV: str(write_fd), "PYTHONUNBUFFERED": "1"},
+            env=os.environ
+            | {
+                "AANA_LOG_FILE": str(log),
+                _EVENTS_FD_ENV: str(write_fd),
+                _REQUEST_ENV: json.dumps(asdict(child_request)),
+                "PYTHONUNBUFFERED": "1",
+            },
         )  # fmt: skip
     os.close(write_fd)
     deadline = time.monotonic() + request.timeout_s + 60
@@ -174,9 +183,9 @@ class _Both:
         return call
 
 
-def child_main(request_json: str) -> int:
+def child_main() -> int:
     """The detached child: run `up` and report to the parent's pipe; returns the exit code."""
-    request = UpRequest(**json.loads(request_json))
+    request = UpRequest(**json.loads(os.environ.pop(_REQUEST_ENV)))
     channel = _Channel(int(os.environ.pop(_EVENTS_FD_ENV)))
     try:
         up(request, _Both(_LogLines(), channel))

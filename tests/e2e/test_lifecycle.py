@@ -119,3 +119,22 @@ def test_status_and_down_with_ray_token_auth_disabled(state_env, monkeypatch):
         stopped = run_aana("down", timeout_s=180)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert _status_json()[0] == 2
+
+
+def test_the_database_url_of_a_detached_up_is_in_no_command_line(state_env):
+    """The URL may hold a password; `ps` shows every process's argv to every user."""
+    spec = state_env / "echo.toml"
+    spec.write_text('name = "quiet"\n[deployments.echo]\nengine = "echo"\nnum_cpus = 0.2\n')
+    secret = state_env / "s3cret-token"
+    secret.mkdir()
+    url = f"sqlite:///{secret}/aana.db"
+    started = run_aana("up", str(spec), "--detach", "--migrate", "--database-url", url, "--port", str(free_port()),
+                       timeout_s=300)  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        command_lines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+        assert "aana detached-child" in command_lines
+        assert "s3cret-token" not in command_lines
+    finally:
+        stopped = run_aana("down", "--app", "quiet", timeout_s=180)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
