@@ -146,7 +146,9 @@ class OpenAIIngress:
         api_key: str | None,
         recording: Recording | None,
         replicas: int = 1,
+        max_body_bytes: int = 8 << 20,
     ):
+        self.max_body_bytes = max_body_bytes
         self.cards = cards
         self.models = {card.id: RemoteModel(card.id, handles[card.id]) for card in cards}
         self.api_key = api_key
@@ -164,7 +166,9 @@ class OpenAIIngress:
 
     def __serve_build_asgi_app__(self):
         on_record = self._record if self.recorder else None
-        return create_app(self.models, self.cards, self.api_key, self.admission, on_record, share=self.replicas)
+        return create_app(
+            self.models, self.cards, self.api_key, self.admission, on_record, self.replicas, self.max_body_bytes
+        )
 
     def _record(self, record: CompletionRecord) -> None:
         self.recorder.record(record)
@@ -188,4 +192,6 @@ def build_app(plan: AppPlan, recording: Recording | None = None) -> serve.Applic
         options["ray_actor_options"] = options["ray_actor_options"] | {"runtime_env": _runtime_env()}
         handles[d.model_id] = serve.deployment(ModelDeployment).options(**options).bind(d)
     ingress = serve.deployment(OpenAIIngress).options(**plan.ingress_options())
-    return ingress.bind(plan.app_name, plan.cards, handles, plan.api_key, recording, plan.ingress_replicas or 1)
+    return ingress.bind(
+        plan.app_name, plan.cards, handles, plan.api_key, recording, plan.ingress_replicas or 1, plan.max_body_bytes
+    )

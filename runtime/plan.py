@@ -103,6 +103,7 @@ class AppPlan:
     deployments: tuple[DeploymentPlan, ...]
     ingress_num_cpus: float = INGRESS_NUM_CPUS  # per ingress replica
     ingress_replicas: int | None = None  # None: decided once the cluster's size is known (`with_ingress_replicas`)
+    max_body_bytes: int = 8 << 20
 
     @property
     def model_ids(self) -> list[str]:
@@ -190,6 +191,7 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
         port=spec.server.port,
         api_key=spec.server.api_key,
         ingress_replicas=spec.server.ingress_replicas,
+        max_body_bytes=int(spec.server.max_body_mb * (1 << 20)),
         database_url=spec.database.url,
         ray_address=spec.ray.address,
         ray_num_cpus=spec.ray.num_cpus,

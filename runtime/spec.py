@@ -73,6 +73,7 @@ class ServerSpec(_Section):
         description="Replicas of the HTTP ingress (each 0.1 CPU), so one can fail without taking the endpoint down. "
         "Default: 2 when the Ray cluster has at least 4 CPUs, else 1.",
     )
+    max_body_mb: float = Field(8.0, gt=0, description="Largest request body accepted; larger ones get 413.")
     request_timeout_s: float = Field(
         600.0,
         gt=0,

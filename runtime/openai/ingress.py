@@ -70,6 +70,35 @@ class _ExchangeStream(StreamingResponse):
             self.exchange.close(200)
 
 
+DEFAULT_MAX_BODY_BYTES = 8 << 20
+
+
+def json_body(request: Request, max_bytes: int) -> Callable[[], Awaitable[bytes]]:
+    """A reader of the request's body that insists on JSON and stops past max_bytes (before parsing anything)."""
+
+    async def read() -> bytes:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            shown = media[:60] or "none"
+            raise APIError(415, f"send the body as JSON with `Content-Type: application/json` (got {shown})")
+        too_large = APIError(
+            413, f"the request body is larger than this server accepts ({max_bytes} bytes); send less, or raise "
+            "[server] max_body_mb"
+        )  # fmt: skip
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    return read
+
+
 def bearer_auth(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
     """A dependency that requires `Authorization: Bearer <api_key>` when a key is configured."""
 
@@ -92,9 +121,12 @@ def create_app(
     admission: Admission | None = None,
     on_record: OnRecord | None = None,
     share: int = 1,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
-    """The app over `models`. `share`: how many ingress replicas split each model's admission capacity."""
-    app = FastAPI(title="aana", summary="OpenAI-compatible chat completions", docs_url="/docs", redoc_url=None)
+    """The app over `models`. `share`: how many ingress replicas split each model's admission capacity. With an
+    API key, the interactive docs and the OpenAPI document are off (they would answer without the key)."""
+    docs = {} if api_key is None else {"docs_url": None, "openapi_url": None}
+    app = FastAPI(title="aana", summary="OpenAI-compatible chat completions", redoc_url=None, **docs)
     _install_error_handlers(app)
     chat = ChatCompletions(models, cards, share)
     admission = admission or Admission()
@@ -106,7 +138,7 @@ def create_app(
         return Exchange(admission, Meter(on_record))
 
     async def chat_completions(request: Request, exchange: Exchange = Depends(admitted)) -> Response:
-        return await respond(exchange, chat.create(request.body, exchange))
+        return await respond(exchange, chat.create(json_body(request, max_body_bytes), exchange))
 
     def models_route() -> dict[str, Any]:
         return model_list(cards, created)

@@ -23,6 +23,14 @@ logger = logging.getLogger("aana.ingress")
 CLIENT_CLOSED = 499
 
 OnRecord = Callable[[CompletionRecord], None]
+MODEL_LABEL_CHARS = 64
+
+
+def model_label(model: str) -> str:
+    """The model name a client sent, as it may be recorded and echoed: bounded, printable text."""
+    text = model.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates become visible escapes
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= MODEL_LABEL_CHARS else text[: MODEL_LABEL_CHARS - 3] + "..."
 
 
 class Meter:

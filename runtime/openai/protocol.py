@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # vLLM's server bounds seeds (and engines their integers) to int64
+MAX_MODEL_ID_CHARS = 256
+MAX_STOP_CHARS = 1024
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or Infinity: every number a client sends must be finite.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TextPart(_Wire):
@@ -27,44 +32,47 @@ class ChatMessage(_Wire):
 
 
 class StreamOptions(_Wire):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatCompletionRequest(_Wire):
     messages: list[ChatMessage] = Field(min_length=1)
-    model: str
+    model: str = Field(max_length=MAX_MODEL_ID_CHARS)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
+    logprobs: StrictBool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
+    max_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
     metadata: dict[str, str] | None = None
     n: int | None = Field(None, ge=1, le=128)  # OpenAI's limit
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     response_format: dict[str, Any] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     stop: str | list[str] | None = None
-    store: bool | None = None
-    stream: bool | None = False
+    store: StrictBool | None = None
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
     user: str | None = None
     # Extensions (vLLM's names): sampling controls the OpenAI API does not have.
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, le=INT64_MAX)
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0)
-    ignore_eos: bool | None = None
+    ignore_eos: StrictBool | None = None
 
     @field_validator("stop")
     @classmethod
     def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
+        for stop in [value] if isinstance(value, str) else value or []:
+            if len(stop) > MAX_STOP_CHARS:
+                raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARS} characters")
         return value
 
 

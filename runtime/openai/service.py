@@ -25,7 +25,7 @@ from runtime.engines.base import StreamError
 from runtime.model_api import ModelCard, ModelClient, ModelHealth, StreamItem
 from runtime.openai.convert import to_generation_request
 from runtime.openai.errors import APIError, from_validation_errors
-from runtime.openai.metering import Meter
+from runtime.openai.metering import Meter, model_label
 from runtime.openai.protocol import ChatCompletion, ChatCompletionRequest, ModelList
 from runtime.openai.protocol import ModelCard as WireModelCard
 from runtime.openai.streaming import ChunkWriter, ResponseIds, collect, stream_events
@@ -132,7 +132,7 @@ class ChatCompletions:
         if card is None:
             raise APIError(
                 404,
-                f"The model `{model}` does not exist. Available models: {', '.join(self.cards)}",
+                f"The model `{model_label(model)}` does not exist. Available models: {', '.join(self.cards)}",
                 param="model",
                 code="model_not_found",
             )
@@ -141,7 +141,7 @@ class ChatCompletions:
     async def create(self, read_body: Callable[[], Awaitable[bytes]], exchange: Exchange) -> Reply:
         meter = exchange.meter
         body = parse_chat_request(await read_body())
-        meter.model, meter.stream = body.model, bool(body.stream)
+        meter.model, meter.stream = model_label(body.model), bool(body.stream)
         if body.stream_options is not None and not body.stream:
             raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
         card = self.card(body.model)
@@ -169,14 +169,36 @@ class ChatCompletions:
 def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply to be a chat request") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, and integers past Python's digit limit
+        raise APIError(400, f"the request body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
+    _check_unicode(data)
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
         raise from_validation_errors(exc.errors()) from None
+
+
+def _check_unicode(data: dict[str, Any]) -> None:
+    """JSON may escape half of a surrogate pair (\\ud800); such text cannot be encoded, tokenized or stored."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        param = next((k for k, v in data.items() if not _encodes(k) or not _encodes(v)), None)
+        raise APIError(
+            400, "the request holds text that is not valid Unicode (a lone surrogate); send UTF-8 text", param=param
+        ) from None
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def model_list(cards: Sequence[ModelCard], created: int) -> dict[str, Any]:

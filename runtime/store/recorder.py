@@ -29,6 +29,10 @@ logger = logging.getLogger("aana.store.recorder")
 # SQLite allows 32766 bound parameters per statement and PostgreSQL 65535; 1000 rows of 11 columns fit both.
 MAX_BATCH_SIZE = 1000
 _FIRST_RETRY_S = 0.1
+# Failures of the connection or the schema, not of a row: the rows stay buffered and the write is retried with
+# backoff. ProgrammingError is PostgreSQL's missing table (a database not migrated yet); SQLite says
+# OperationalError.
+_OUTAGE = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError, exc.ProgrammingError)
 
 
 @dataclass(frozen=True)
@@ -199,11 +203,7 @@ class RequestRecorder:
             batch = list(islice(self._pending, self.batch_size))
             try:
                 written = self._insert_batch(batch)
-            except exc.SQLAlchemyError as error:
-                return self._failed(error)
-            except Exception as error:
-                # The writer thread's boundary: if it died, every later request would pile up in the queue unseen.
-                logger.exception("unexpected error writing request records to %s; retrying", self.url)
+            except _OUTAGE as error:
                 return self._failed(error)
             for _ in range(len(batch)):
                 self._pending.popleft()
@@ -221,33 +221,34 @@ class RequestRecorder:
         return 0.0
 
     def _insert_batch(self, batch: list[dict]) -> int:
-        """Insert a batch in one statement; rows the database rejects on their own merits are logged and skipped.
+        """Insert a batch in one statement; rows that fail on their own merits are logged and dropped.
 
+        Only a connection-level failure (`_OUTAGE`) is an outage, raised for the caller to retry; anything else is
+        some row's fault (a value the driver cannot encode or the database refuses), so the batch is written row by
+        row and the bad rows dropped: one poisoned row never blocks the rows behind it. Logs name the row's id and
+        the error's type only, never the row's content (it may hold what a client sent).
         Returns how many rows are now stored (ids already present count: they were written by an earlier try).
         """
         try:
             with self._engine.begin() as conn:
                 conn.execute(self._statement(), batch)
             return len(batch)
-        except (exc.IntegrityError, exc.DataError) as error:
-            first_error = error
-        except exc.StatementError as error:
-            if isinstance(error, exc.DBAPIError):  # anything else from the server: an outage until shown otherwise
-                raise
-            first_error = error  # a value the driver could not bind: the row's fault
-        logger.warning("a batch of request records was rejected (%s); writing its rows one by one", first_error)
+        except _OUTAGE:
+            raise
+        except Exception as error:  # the row's fault, whatever the driver raised (e.g. UnicodeEncodeError)
+            logger.warning(
+                "a batch of request records was rejected (%s); writing its rows one by one", type(error).__name__
+            )
         written = 0
         for row in batch:
             try:
                 with self._engine.begin() as conn:
                     conn.execute(self._statement(), [row])
                 written += 1
-            except (exc.IntegrityError, exc.DataError) as error:
-                logger.error("request record %s rejected by the database, not written: %s", row["id"], error)
-            except exc.StatementError as error:
-                if isinstance(error, exc.DBAPIError):
-                    raise
-                logger.error("request record %s has a value that cannot be stored, not written: %s", row["id"], error)
+            except _OUTAGE:
+                raise
+            except Exception as error:  # the poisoned row is dropped, the writer goes on
+                logger.error("request record %s cannot be stored and is dropped (%s)", row["id"], type(error).__name__)
         return written
 
     def _statement(self):

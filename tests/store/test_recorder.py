@@ -182,7 +182,28 @@ def test_a_row_the_database_rejects_does_not_block_the_others(database_url, capl
     recorder.close()
     assert stored_ids(database_url) == ["chatcmpl-00000", "chatcmpl-00001", "chatcmpl-00003", "chatcmpl-00004"]
     assert (recorder.written, recorder.dropped) == (4, 1)
-    assert any("chatcmpl-00002" in r.getMessage() and "not written" in r.getMessage() for r in caplog.records)
+    assert any("chatcmpl-00002" in r.getMessage() and "dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_poisoned_rows_are_dropped_alone_and_every_good_row_behind_them_is_written(database_url, caplog):
+    """A lone surrogate (SQLite's driver cannot encode it, PostgreSQL's refuses it) and a model name longer than the
+    column: each row is dropped and logged by id, never with its content, and never read as an outage."""
+    migrate.upgrade(database_url)
+    recorder = RequestRecorder(database_url, flush_interval_s=0.05, retry_max_s=0.2)
+    caplog.set_level(logging.WARNING, logger="aana.store.recorder")
+    poisons = {3: {"model": "\ud800"}, 6: {"finish_reason": "x" * 10_000}}
+    for i in range(10):
+        recorder.record(record(i, **poisons.get(i, {})))
+        time.sleep(0.02)  # spread over several batches, so good rows come after a poisoned one
+    assert recorder.flush(timeout=10)
+    recorder.close()
+    good = [f"chatcmpl-{i:05d}" for i in range(10) if i not in poisons]
+    written = stored_ids(database_url)
+    assert set(good) <= set(written)
+    assert "chatcmpl-00003" not in written
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "chatcmpl-00003" in messages and "\ud800" not in messages and "x" * 100 not in messages
+    assert "reachable again" not in messages  # no row was taken for an outage
 
 
 def test_a_retried_row_is_not_written_twice(database_url):

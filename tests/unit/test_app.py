@@ -29,8 +29,8 @@ def test_one_model_deployment_per_model_and_an_ingress_bound_to_their_handles_an
     ingress = build_app(plan, Recording("sqlite:///x.db", "run-1"))._bound_deployment
     assert (ingress.name, ingress.func_or_class, ingress.num_replicas) == (INGRESS_NAME, OpenAIIngress, 1)
     assert ingress.ray_actor_options == {"num_cpus": plan.ingress_num_cpus}
-    app_name, cards, handles, api_key, recording, replicas = ingress.init_args
-    assert (app_name, replicas) == ("t", 1)
+    app_name, cards, handles, api_key, recording, replicas, max_body_bytes = ingress.init_args
+    assert (app_name, replicas, max_body_bytes) == ("t", 1, 8 << 20)
     assert cards == plan.cards and [c.sampling for c in cards] == [{}, {"temperature": 0.3}]
     assert (api_key, recording) == ("k", Recording("sqlite:///x.db", "run-1"))
     assert list(handles) == ["a", "b"]
@@ -52,4 +52,4 @@ def test_ingress_replicas_from_the_spec_or_the_cluster_size():
     pinned = build_plan(parse_spec(SPEC.replace('api_key = "k"', 'api_key = "k"\ningress_replicas = 3')))
     assert pinned.with_ingress_replicas(64).ingress_replicas == 3
     ingress = build_app(pinned.with_ingress_replicas(64))._bound_deployment
-    assert ingress.num_replicas == 3 and ingress.init_args[-1] == 3
+    assert ingress.num_replicas == 3 and ingress.init_args[5] == 3

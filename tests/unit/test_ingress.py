@@ -548,3 +548,88 @@ def test_liveness_asks_no_model():
     client = _client(servers=servers, api_key="k")
     assert client.get("/live").json() == {"status": "alive"}  # open without a key, whatever the models do
     assert client.get("/health").status_code == 503
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hostile input: every case gets a 4xx in the envelope with its param, never a 500
+
+
+def _raw(client, content: bytes, content_type: str = "application/json"):
+    return client.post("/v1/chat/completions", content=content, headers={"content-type": content_type})
+
+
+def test_json_nested_past_the_recursion_limit_is_400(client):
+    deep = b'{"model": "echo", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert "nested too deeply" in _error(_raw(client, deep), 400)["message"]
+
+
+def test_an_integer_past_pythons_digit_limit_is_400(client):
+    huge = b'{"model": "echo", "messages": [{"role": "user", "content": "x"}], "seed": ' + b"9" * 5000 + b"}"
+    assert "not valid JSON" in _error(_raw(client, huge), 400)["message"]
+
+
+@pytest.mark.parametrize("field, param", [("content", "messages"), ("model", "model")])
+def test_a_lone_surrogate_is_400_naming_the_field(field, param):
+    records = []
+    client = _client(on_record=records.append)
+    body = {"model": "echo", "messages": [{"role": "user", "content": "x"}]}
+    raw = json.dumps(body).replace('"x"' if field == "content" else '"echo"', '"\\ud800"').encode()
+    for stream in (False, True):
+        sent = raw.replace(b"}]", b"}], " + (b'"stream": true' if stream else b'"stream": false'), 1)
+        error = _error(_raw(client, sent), 400)
+        assert error["param"] == param and "not valid Unicode" in error["message"]
+    assert [r.status_code for r in records] == [400, 400]
+
+
+@pytest.mark.parametrize("seed", [2**63, -(2**63) - 1])
+def test_a_seed_beyond_int64_is_400(client, seed):
+    assert _error(_chat(client, seed=seed), 400)["param"] == "seed"
+
+
+@pytest.mark.parametrize(
+    "raw_value, param",
+    [('"stream": "yes"', "stream"), ('"logprobs": 1', "logprobs"), ('"repetition_penalty": Infinity', "repetition_penalty"),
+     ('"temperature": NaN', "temperature")],
+)  # fmt: skip
+def test_no_lenient_booleans_and_only_finite_numbers(client, raw_value, param):
+    raw = b'{"model": "echo", "messages": [{"role": "user", "content": "x"}], ' + raw_value.encode() + b"}"
+    assert _error(_raw(client, raw), 400)["param"] == param
+
+
+def test_a_long_model_id_is_400_and_never_echoed_whole():
+    records = []
+    client = _client(on_record=records.append)
+    error = _error(_chat(client, model="m" * 10_000), 400)
+    assert error["param"] == "model" and len(error["message"]) < 300
+    not_found = _error(_chat(client, model="n" * 200), 404)
+    assert len(not_found["message"]) < 200 and "..." in not_found["message"]
+    assert len(records) == 2 and all(len(r.model) <= 64 for r in records)
+
+
+def test_stop_strings_are_capped_in_length(client):
+    error = _error(_chat(client, stop=["x" * 1025]), 400)
+    assert error["param"] == "stop" and "at most 1024 characters" in error["message"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
+def test_a_body_that_is_not_declared_json_is_415(client, content_type):
+    raw = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "x"}]}).encode()
+    error = _error(_raw(client, raw, content_type), 415)
+    assert "Content-Type: application/json" in error["message"]
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_parsed():
+    servers = _servers()
+    cards = build_plan(parse_spec(SPEC)).cards
+    client = TestClient(create_app(servers, cards, max_body_bytes=1000))
+    big = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "x" * 2000}]}).encode()
+    assert "larger than this server accepts (1000 bytes)" in _error(_raw(client, big), 413)["message"]
+    assert servers["echo"].engine.history == []
+    assert _chat(client).status_code == 200
+
+
+def test_with_an_api_key_the_docs_and_the_openapi_document_are_off():
+    assert _client().get("/openapi.json").status_code == 200
+    keyed = _client(api_key="k")
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        assert keyed.get(path).status_code == 404
