@@ -147,8 +147,10 @@ class OpenAIIngress:
         recording: Recording | None,
         replicas: int = 1,
         max_body_bytes: int = 8 << 20,
+        allowed_hosts: tuple[str, ...] = ("*",),
     ):
         self.max_body_bytes = max_body_bytes
+        self.allowed_hosts = allowed_hosts
         self.cards = cards
         self.models = {card.id: RemoteModel(card.id, handles[card.id]) for card in cards}
         self.api_key = api_key
@@ -167,7 +169,14 @@ class OpenAIIngress:
     def __serve_build_asgi_app__(self):
         on_record = self._record if self.recorder else None
         return create_app(
-            self.models, self.cards, self.api_key, self.admission, on_record, self.replicas, self.max_body_bytes
+            self.models,
+            self.cards,
+            self.api_key,
+            self.admission,
+            on_record,
+            self.replicas,
+            self.max_body_bytes,
+            self.allowed_hosts,
         )
 
     def _record(self, record: CompletionRecord) -> None:
@@ -193,5 +202,12 @@ def build_app(plan: AppPlan, recording: Recording | None = None) -> serve.Applic
         handles[d.model_id] = serve.deployment(ModelDeployment).options(**options).bind(d)
     ingress = serve.deployment(OpenAIIngress).options(**plan.ingress_options())
     return ingress.bind(
-        plan.app_name, plan.cards, handles, plan.api_key, recording, plan.ingress_replicas or 1, plan.max_body_bytes
+        plan.app_name,
+        plan.cards,
+        handles,
+        plan.api_key,
+        recording,
+        plan.ingress_replicas or 1,
+        plan.max_body_bytes,
+        plan.allowed_hosts,
     )

@@ -104,6 +104,7 @@ class AppPlan:
     ingress_num_cpus: float = INGRESS_NUM_CPUS  # per ingress replica
     ingress_replicas: int | None = None  # None: decided once the cluster's size is known (`with_ingress_replicas`)
     max_body_bytes: int = 8 << 20
+    allowed_hosts: tuple[str, ...] = ("*",)
 
     @property
     def model_ids(self) -> list[str]:
@@ -138,6 +139,9 @@ class AppPlan:
     def with_server(self, host: str | None = None, port: int | None = None) -> AppPlan:
         from dataclasses import replace
 
+        if host and host != self.host and self.allowed_hosts == _allowed_hosts(self.host, None):
+            # --host moved a default allow-list along with the bind
+            return replace(self, host=host, port=port or self.port, allowed_hosts=_allowed_hosts(host, None))
         return replace(self, host=host or self.host, port=port or self.port)
 
 
@@ -192,11 +196,21 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
         api_key=spec.server.api_key,
         ingress_replicas=spec.server.ingress_replicas,
         max_body_bytes=int(spec.server.max_body_mb * (1 << 20)),
+        allowed_hosts=_allowed_hosts(spec.server.host, spec.server.allowed_hosts),
         database_url=spec.database.url,
         ray_address=spec.ray.address,
         ray_num_cpus=spec.ray.num_cpus,
         deployments=tuple(deployments),
     )
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _allowed_hosts(bind: str, allowed: list[str] | None) -> tuple[str, ...]:
+    if allowed is not None:
+        return tuple(allowed)
+    return LOOPBACK_HOSTS if bind in LOOPBACK_HOSTS else ("*",)
 
 
 def _limits(dep: Any, server_timeout_s: float) -> RequestLimits:

@@ -74,6 +74,11 @@ class ServerSpec(_Section):
         "Default: 2 when the Ray cluster has at least 4 CPUs, else 1.",
     )
     max_body_mb: float = Field(8.0, gt=0, description="Largest request body accepted; larger ones get 413.")
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="Host header values the server answers (a port is ignored; `*` for any), against DNS "
+        "rebinding. Default: localhost, 127.0.0.1 and ::1 on a loopback bind, any host otherwise.",
+    )
     request_timeout_s: float = Field(
         600.0,
         gt=0,

@@ -73,6 +73,26 @@ class _ExchangeStream(StreamingResponse):
 DEFAULT_MAX_BODY_BYTES = 8 << 20
 
 
+class HostAllowList:
+    """ASGI middleware: requests whose Host header names no allowed host get 400 in the OpenAI envelope (a browser
+    page that rebinds its own domain to this address cannot drive the API)."""
+
+    def __init__(self, app: Any, allowed: Sequence[str]):
+        self.app = app
+        self.allowed = {host.lower().strip("[]") for host in allowed}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+            name = host[1 : host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+            if name not in self.allowed:
+                error = APIError(400, "this server does not answer for that Host header; see [server] allowed_hosts",
+                                 code="invalid_host")  # fmt: skip
+                await JSONResponse(error.body(), status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def json_body(request: Request, max_bytes: int) -> Callable[[], Awaitable[bytes]]:
     """A reader of the request's body that insists on JSON and stops past max_bytes (before parsing anything)."""
 
@@ -122,12 +142,15 @@ def create_app(
     on_record: OnRecord | None = None,
     share: int = 1,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    allowed_hosts: Sequence[str] = ("*",),
 ) -> FastAPI:
     """The app over `models`. `share`: how many ingress replicas split each model's admission capacity. With an
     API key, the interactive docs and the OpenAPI document are off (they would answer without the key)."""
     docs = {} if api_key is None else {"docs_url": None, "openapi_url": None}
     app = FastAPI(title="aana", summary="OpenAI-compatible chat completions", redoc_url=None, **docs)
     _install_error_handlers(app)
+    if "*" not in allowed_hosts:
+        app.add_middleware(HostAllowList, allowed=allowed_hosts)
     chat = ChatCompletions(models, cards, share)
     admission = admission or Admission()
     authorized = [Depends(bearer_auth(api_key))]

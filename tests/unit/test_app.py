@@ -29,8 +29,9 @@ def test_one_model_deployment_per_model_and_an_ingress_bound_to_their_handles_an
     ingress = build_app(plan, Recording("sqlite:///x.db", "run-1"))._bound_deployment
     assert (ingress.name, ingress.func_or_class, ingress.num_replicas) == (INGRESS_NAME, OpenAIIngress, 1)
     assert ingress.ray_actor_options == {"num_cpus": plan.ingress_num_cpus}
-    app_name, cards, handles, api_key, recording, replicas, max_body_bytes = ingress.init_args
+    app_name, cards, handles, api_key, recording, replicas, max_body_bytes, allowed_hosts = ingress.init_args
     assert (app_name, replicas, max_body_bytes) == ("t", 1, 8 << 20)
+    assert allowed_hosts == ("localhost", "127.0.0.1", "::1")  # the default bind is loopback
     assert cards == plan.cards and [c.sampling for c in cards] == [{}, {"temperature": 0.3}]
     assert (api_key, recording) == ("k", Recording("sqlite:///x.db", "run-1"))
     assert list(handles) == ["a", "b"]

@@ -633,3 +633,26 @@ def test_with_an_api_key_the_docs_and_the_openapi_document_are_off():
     keyed = _client(api_key="k")
     for path in ("/docs", "/openapi.json", "/redoc"):
         assert keyed.get(path).status_code == 404
+
+
+def test_a_host_header_outside_the_allow_list_is_400_in_the_envelope():
+    servers = _servers()
+    client = TestClient(create_app(servers, build_plan(parse_spec(SPEC)).cards, allowed_hosts=("localhost", "::1")))
+    error = _error(client.get("/health", headers={"host": "evil.example:8000"}), 400)
+    assert error["code"] == "invalid_host"
+    assert _error(_chat(client), 400)["code"] == "invalid_host"  # TestClient's own Host is "testserver"
+    for host in ("localhost:8000", "LOCALHOST", "[::1]:8000"):
+        assert client.get("/health", headers={"host": host}).status_code == 200
+
+
+def test_allowed_hosts_default_to_loopback_names_on_a_loopback_bind_only():
+    def hosts(server_table: str) -> tuple[str, ...]:
+        return build_plan(
+            parse_spec(f'name = "t"\n[server]\n{server_table}\n[deployments.e]\nengine = "echo"\n')
+        ).allowed_hosts
+
+    assert hosts("") == ("localhost", "127.0.0.1", "::1")
+    assert hosts('host = "0.0.0.0"') == ("*",)
+    assert hosts('host = "0.0.0.0"\nallowed_hosts = ["llm.example.com"]') == ("llm.example.com",)
+    loopback = build_plan(parse_spec('name = "t"\n[deployments.e]\nengine = "echo"\n'))
+    assert loopback.with_server(host="0.0.0.0").allowed_hosts == ("*",)  # --host moves the default along
