@@ -121,20 +121,27 @@ def test_status_and_down_with_ray_token_auth_disabled(state_env, monkeypatch):
     assert _status_json()[0] == 2
 
 
-def test_the_database_url_of_a_detached_up_is_in_no_command_line(state_env):
-    """The URL may hold a password; `ps` shows every process's argv to every user."""
+def test_the_database_password_of_a_detached_up_is_in_no_command_line(state_env):
+    """`aana up --detach --database-url postgresql://u:secret@...`: `ps` shows every process's argv to every user."""
+    from pg import create_database, drop_database, postgres_server
+    from sqlalchemy.engine import make_url
+
     spec = state_env / "echo.toml"
     spec.write_text('name = "quiet"\n[deployments.echo]\nengine = "echo"\nnum_cpus = 0.2\n')
-    secret = state_env / "s3cret-token"
-    secret.mkdir()
-    url = f"sqlite:///{secret}/aana.db"
-    started = run_aana("up", str(spec), "--detach", "--migrate", "--database-url", url, "--port", str(free_port()),
-                       timeout_s=300)  # fmt: skip
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        command_lines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-        assert "aana detached-child" in command_lines
-        assert "s3cret-token" not in command_lines
-    finally:
-        stopped = run_aana("down", "--app", "quiet", timeout_s=180)
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    with postgres_server() as admin_url:
+        plain = create_database(admin_url, "aana_quiet")
+        # The throwaway server trusts every local connection, so any password works: a marker to look for.
+        url = make_url(plain).set(password="s3cret-token").render_as_string(hide_password=False)
+        try:
+            started = run_aana("up", str(spec), "--detach", "--migrate", "--database-url", url,
+                               "--port", str(free_port()), timeout_s=300)  # fmt: skip
+            try:
+                assert started.returncode == 0, started.stdout + started.stderr
+                command_lines = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+                assert "aana detached-child" in command_lines.stdout
+                assert "s3cret-token" not in command_lines.stdout
+            finally:
+                stopped = run_aana("down", "--app", "quiet", timeout_s=180)
+            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        finally:
+            drop_database(admin_url, "aana_quiet")
