@@ -238,3 +238,14 @@ def test_unknown_vllm_engine_arg_is_an_error_naming_the_nearest(runner, in_tmp):
     assert result.exit_code == 1
     assert "deployments.llm.engine_args.max_num_seq is not a vLLM engine argument" in result.stderr
     assert "max_num_seqs" in result.stderr
+
+
+def test_validate_never_prints_the_api_key_or_a_database_password(runner, in_tmp, monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", "sk-live-0123")
+    write(in_tmp, 'name = "demo"\n[server]\napi_key = "${SECRET_KEY}"\n'
+                  '[database]\nurl = "postgresql://aana:pw-9876@db.example/aana"\n'
+                  '[deployments.llm]\nengine = "echo"\n')  # fmt: skip
+    for args in (["validate", "spec.toml"], ["validate", "--json", "spec.toml"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "sk-live-0123" not in result.output and "pw-9876" not in result.output
