@@ -145,9 +145,9 @@ class OpenAIIngress:
         handles: dict[str, DeploymentHandle],
         api_key: str | None,
         recording: Recording | None,
-        replicas: int = 1,
-        max_body_bytes: int = 8 << 20,
-        allowed_hosts: tuple[str, ...] = ("*",),
+        replicas: int,
+        max_body_bytes: int,
+        allowed_hosts: tuple[str, ...],
     ):
         self.max_body_bytes = max_body_bytes
         self.allowed_hosts = allowed_hosts

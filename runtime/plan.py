@@ -18,12 +18,15 @@ from runtime.engines.options import EngineOptions
 from runtime.engines.registry import ENGINES
 from runtime.model_api import ModelCard, RequestLimits
 from runtime.sources import ModelSource
-from runtime.spec import AppSpec, Problem, SamplingSpec, SpecError, load_spec
+from runtime.spec import DEFAULT_MAX_BODY_MB, AppSpec, Problem, SamplingSpec, SpecError, load_spec
 
 BUNDLED_TEMPLATES = ("llama2", "chatml")
 INGRESS_NUM_CPUS = 0.1
 INGRESS_NAME = "OpenAIIngress"  # the Ray Serve deployment name of the HTTP ingress
 MULTI_INGRESS_MIN_CPUS = 4
+MIB = 1 << 20
+DEFAULT_MAX_BODY_BYTES = int(DEFAULT_MAX_BODY_MB * MIB)
+ANY_HOST = ("*",)  # allowed_hosts that answers every Host header
 INGRESS_MAX_ONGOING_REQUESTS = 1000  # the ingress only relays; the models' own limits are what bound the work
 # Ray's periodic replica health check: a replica whose engine fails it is replaced.
 HEALTH_CHECK_PERIOD_S = 2.0
@@ -103,8 +106,8 @@ class AppPlan:
     deployments: tuple[DeploymentPlan, ...]
     ingress_num_cpus: float = INGRESS_NUM_CPUS  # per ingress replica
     ingress_replicas: int | None = None  # None: decided once the cluster's size is known (`with_ingress_replicas`)
-    max_body_bytes: int = 8 << 20
-    allowed_hosts: tuple[str, ...] = ("*",)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    allowed_hosts: tuple[str, ...] = ANY_HOST
 
     @property
     def model_ids(self) -> list[str]:
@@ -195,7 +198,7 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
         port=spec.server.port,
         api_key=spec.server.api_key,
         ingress_replicas=spec.server.ingress_replicas,
-        max_body_bytes=int(spec.server.max_body_mb * (1 << 20)),
+        max_body_bytes=int(spec.server.max_body_mb * MIB),
         allowed_hosts=_allowed_hosts(spec.server.host, spec.server.allowed_hosts),
         database_url=spec.database.url,
         ray_address=spec.ray.address,
@@ -210,7 +213,7 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 def _allowed_hosts(bind: str, allowed: list[str] | None) -> tuple[str, ...]:
     if allowed is not None:
         return tuple(allowed)
-    return LOOPBACK_HOSTS if bind in LOOPBACK_HOSTS else ("*",)
+    return LOOPBACK_HOSTS if bind in LOOPBACK_HOSTS else ANY_HOST
 
 
 def _limits(dep: Any, server_timeout_s: float) -> RequestLimits:

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+# nginx's "client closed request": recorded for a client that left before its answer was complete; not an error.
+CLIENT_CLOSED = 499
+
 
 @dataclass(frozen=True)
 class Recording:

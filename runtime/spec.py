@@ -32,6 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+DEFAULT_MAX_BODY_MB = 8.0
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
@@ -73,7 +74,9 @@ class ServerSpec(_Section):
         description="Replicas of the HTTP ingress (each 0.1 CPU), so one can fail without taking the endpoint down. "
         "Default: 2 when the Ray cluster has at least 4 CPUs, else 1.",
     )
-    max_body_mb: float = Field(8.0, gt=0, description="Largest request body accepted; larger ones get 413.")
+    max_body_mb: float = Field(
+        DEFAULT_MAX_BODY_MB, gt=0, description="Largest request body accepted; larger ones get 413."
+    )
     allowed_hosts: list[str] | None = Field(
         None,
         description="Host header values the server answers (a port is ignored; `*` for any), against DNS "

@@ -24,8 +24,10 @@ from starlette.requests import ClientDisconnect
 
 from runtime.model_api import ModelCard, ModelClient
 from runtime.openai.errors import APIError, from_validation_errors
-from runtime.openai.metering import CLIENT_CLOSED, Meter, OnRecord
+from runtime.openai.metering import Meter, OnRecord
 from runtime.openai.service import Admission, ChatCompletions, Exchange, Reply, health_report, model_list
+from runtime.plan import ANY_HOST, DEFAULT_MAX_BODY_BYTES
+from runtime.records import CLIENT_CLOSED
 
 logger = logging.getLogger("aana.ingress")
 
@@ -68,9 +70,6 @@ class _ExchangeStream(StreamingResponse):
             if self.release is not None:
                 await self.release()
             self.exchange.close(200)
-
-
-DEFAULT_MAX_BODY_BYTES = 8 << 20
 
 
 class HostAllowList:
@@ -142,7 +141,7 @@ def create_app(
     on_record: OnRecord | None = None,
     share: int = 1,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    allowed_hosts: Sequence[str] = ("*",),
+    allowed_hosts: Sequence[str] = ANY_HOST,
 ) -> FastAPI:
     """The app over `models`. `share`: how many ingress replicas split each model's admission capacity. With an
     API key, the interactive docs and the OpenAPI document are off (they would answer without the key)."""

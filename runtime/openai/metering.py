@@ -15,12 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 
 from runtime.engines.base import Delta, StreamError
-from runtime.records import CompletionRecord
+from runtime.records import CLIENT_CLOSED, CompletionRecord
 
 logger = logging.getLogger("aana.ingress")
-
-# nginx's "client closed request": recorded for a client that left before its answer was complete; not an error.
-CLIENT_CLOSED = 499
 
 OnRecord = Callable[[CompletionRecord], None]
 MODEL_LABEL_CHARS = 64

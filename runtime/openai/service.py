@@ -1,7 +1,7 @@
 """The OpenAI endpoints' logic, apart from HTTP: chat completions, the model list and the health report.
 
-`ChatCompletions.create` takes a reader of the raw body and the request's meter and returns a `Reply`: a whole completion, or
-the SSE events of a stream. It reads the first item of the model's stream before returning, so a failure before the
+`ChatCompletions.create` takes a reader of the raw body and the request's exchange and returns a `Reply`: a whole
+completion, or the SSE events of a stream. It reads the first item of the model's stream before returning, so a failure before the
 first token raises `APIError` with a real status instead of a 200 followed by an error. The router
 (`runtime.openai.ingress`) turns replies and errors into responses; it holds no logic of its own.
 """
@@ -184,13 +184,11 @@ def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
 
 def _check_unicode(data: dict[str, Any]) -> None:
     """JSON may escape half of a surrogate pair (\\ud800); such text cannot be encoded, tokenized or stored."""
-    try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
+    if not _encodes(data):
         param = next((k for k, v in data.items() if not _encodes(k) or not _encodes(v)), None)
         raise APIError(
             400, "the request holds text that is not valid Unicode (a lone surrogate); send UTF-8 text", param=param
-        ) from None
+        )
 
 
 def _encodes(value: Any) -> bool:

@@ -17,13 +17,13 @@ from datetime import datetime, timezone
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from runtime.records import CLIENT_CLOSED
 from runtime.store.db import make_engine, mask_url, translated_errors
 from runtime.store.errors import StoreError
 from runtime.store.models import Request, Run, as_utc
 
 # lost: the `aana up` that owned the run died without recording its end (noticed later, see mark_lost).
 STATES = ("starting", "running", "stopped", "failed", "lost")
-CLIENT_CLOSED = 499  # a client that left before its answer: recorded, not an error
 
 
 @dataclass(frozen=True)
