@@ -101,12 +101,17 @@ KV_NAMESPACE = "aana"
 REPORT_INTERVAL_S = 0.2
 
 
+def kv_prefix(app: str) -> bytes:
+    """Every key an app keeps in the store starts with this (a new deployment clears them all)."""
+    return f"{app}/".encode()
+
+
 def drain_key(app: str) -> bytes:
-    return f"{app}/draining".encode()
+    return kv_prefix(app) + b"draining"
 
 
 def report_prefix(app: str) -> bytes:
-    return f"{app}/ingress/".encode()
+    return kv_prefix(app) + b"ingress/"
 
 
 class DrainWatch:

@@ -224,7 +224,7 @@ def drain(app_name: str, timeout_s: float) -> int:
         return 0
 
 
-REPORT_STALE_S = 3.0  # an ingress replica reports every 0.2 s; an older report is a replica that is gone
+REPORT_STALE_S = 3.0  # ingress replicas report every REPORT_INTERVAL_S (0.2 s); an older report's replica is gone
 
 
 def _ingress_reports(app_name: str) -> tuple[int, int]:
@@ -246,24 +246,20 @@ def _ingress_reports(app_name: str) -> tuple[int, int]:
 
 
 def _running_ingress_replicas(app_name: str) -> int:
-    from ray import serve
-
     from runtime.plan import INGRESS_NAME
 
-    app = serve.status().applications.get(app_name)
-    deployment = app.deployments.get(INGRESS_NAME) if app else None
-    if deployment is None:
-        return 0
-    return sum(n for state, n in (deployment.replica_states or {}).items() if _name(state) == "RUNNING")
+    progress = read_progress(app_name, time.monotonic())
+    ingress = next((d for d in progress.deployments if d.name == INGRESS_NAME), None)
+    return ingress.replicas.get("RUNNING", 0) if ingress else 0
 
 
 def _forget_drain(app_name: str) -> None:
     """A new deployment of the app starts undrained (a previous run's flag and reports are gone)."""
     from ray.experimental import internal_kv
 
-    from runtime.app import KV_NAMESPACE
+    from runtime.app import KV_NAMESPACE, kv_prefix
 
-    internal_kv._internal_kv_del(f"{app_name}/".encode(), del_by_prefix=True, namespace=KV_NAMESPACE)
+    internal_kv._internal_kv_del(kv_prefix(app_name), del_by_prefix=True, namespace=KV_NAMESPACE)
 
 
 def delete_app(app_name: str) -> None:

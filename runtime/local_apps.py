@@ -71,19 +71,21 @@ def load(app: str) -> AppRecord | None:
         return None
 
 
-def running() -> list[AppRecord]:
-    """Records whose `aana up` process is still alive, newest first."""
+def _records() -> list[AppRecord]:
     folder = state_dir() / "apps"
     records = [load(p.stem) for p in folder.glob("*.json")] if folder.is_dir() else []
-    alive = [r for r in records if r is not None and pid_alive(r.pid)]
+    return [r for r in records if r is not None]
+
+
+def running() -> list[AppRecord]:
+    """Records whose `aana up` process is still alive, newest first."""
+    alive = [r for r in _records() if pid_alive(r.pid)]
     return sorted(alive, key=lambda r: r.started_at, reverse=True)
 
 
 def stale() -> list[AppRecord]:
     """Records whose `aana up` process is gone without removing them (killed, or its machine restarted)."""
-    folder = state_dir() / "apps"
-    records = [load(p.stem) for p in folder.glob("*.json")] if folder.is_dir() else []
-    return [r for r in records if r is not None and not pid_alive(r.pid)]
+    return [r for r in _records() if not pid_alive(r.pid)]
 
 
 def pid_alive(pid: int) -> bool:
