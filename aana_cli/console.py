@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
 
-from runtime.cluster import Progress
+from runtime.cluster import Progress, StatusChanges
 from runtime.lifecycle import Serving
 from runtime.plan import AppPlan
 
@@ -81,7 +81,7 @@ class ConsoleObserver:
     def __init__(self) -> None:
         self.live: Live | None = None
         self.spinner: Status | None = None
-        self.seen: dict[str, str] = {}
+        self.changes = StatusChanges()
 
     def close(self) -> None:
         if self.spinner is not None:
@@ -114,10 +114,8 @@ class ConsoleObserver:
                 self.live.__enter__()
             self.live.update(progress_table(progress))
             return
-        for d in progress.deployments:
-            if self.seen.get(d.name) != d.status:
-                self.seen[d.name] = d.status
-                err.print(f"[{progress.elapsed_s:5.1f} s] {d.name}: {d.status}")
+        for line in self.changes.lines(progress):
+            err.print(line)
 
     def serving(self, serving: Serving) -> None:
         self.close()

@@ -38,6 +38,18 @@ class Progress:
     deployments: list[DeploymentProgress]
 
 
+class StatusChanges:
+    """Deploy progress as text lines, one per deployment whose status changed: for logs, CI and pipes."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def lines(self, progress: Progress) -> list[str]:
+        changed = [d for d in progress.deployments if self.seen.get(d.name) != d.status]
+        self.seen.update((d.name, d.status) for d in changed)
+        return [f"[{progress.elapsed_s:5.1f} s] {d.name}: {d.status}" for d in changed]
+
+
 def _quiet_ray() -> None:
     # aana reports what matters itself; Ray's start-up notices would bury it.
     logging.getLogger("ray").setLevel(logging.ERROR)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import local_apps
-from runtime.cluster import DeploymentProgress, Progress
+from runtime.cluster import DeploymentProgress, Progress, StatusChanges
 from runtime.errors import LaunchError
 from runtime.lifecycle import Observer, Serving, UpRequest, checked_plan, up
 from runtime.spec import SpecError
@@ -149,7 +149,7 @@ class _LogLines:
     """Plain text lines for the detached child's log file."""
 
     def __init__(self) -> None:
-        self.seen: dict[str, str] = {}
+        self.changes = StatusChanges()
 
     def step(self, message: str) -> None:
         print(f"{message} ...", flush=True)
@@ -161,10 +161,8 @@ class _LogLines:
         print(f"warning: {message}", flush=True)
 
     def progress(self, progress: Progress) -> None:
-        for d in progress.deployments:
-            if self.seen.get(d.name) != d.status:
-                self.seen[d.name] = d.status
-                print(f"[{progress.elapsed_s:5.1f} s] {d.name}: {d.status}", flush=True)
+        for line in self.changes.lines(progress):
+            print(line, flush=True)
 
     def serving(self, serving: Serving) -> None:
         print(f"aana is serving app {serving.app} at {serving.base_url}/v1 (models: {', '.join(serving.models)})",
