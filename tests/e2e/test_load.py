@@ -110,18 +110,21 @@ def test_a_dead_engine_core_is_not_ready_until_ray_replaces_the_replica(tmp_path
     )
     with serving(spec, tmp_path) as server:
         url = f"{server.base_url}/v1/chat/completions"
-        body = {"model": "tiny", "stream": True, "max_tokens": 400, "ignore_eos": True,
+        body = {"model": "tiny", "stream": True, "max_tokens": 480, "ignore_eos": True,
                 "messages": [{"role": "user", "content": "Hello"}]}  # fmt: skip
+        # Found before the request, so that the kill follows the first chunk at once, well before the last token.
+        cores = subprocess.run(["pgrep", "-f", "EngineCore"], capture_output=True, text=True).stdout.split()
+        assert cores, "no vLLM engine core process found"
         with httpx.stream("POST", url, json=body, timeout=120) as response:
             lines = response.iter_lines()
             assert '"role":"assistant"' in next(line for line in lines if line)
-            cores = subprocess.run(["pgrep", "-f", "EngineCore"], capture_output=True, text=True).stdout.split()
-            assert cores, "no vLLM engine core process found"
             for pid in cores:
                 os.kill(int(pid), signal.SIGKILL)
             rest = [line for line in lines if line]
         assert rest[-1] == "data: [DONE]"
-        message = json.loads(rest[-2][6:])["error"]["message"]
+        last = json.loads(rest[-2][6:])
+        assert "error" in last, f"the stream ended without an error after killing {cores}: {rest[-2]}"
+        message = last["error"]["message"]
         assert "engine died" in message
         for internal in ("Actor", "actor_id", "pid=", "ip=", "ray::", "Traceback"):
             assert internal not in message
