@@ -3,15 +3,21 @@
 `runtime.app` turns this class into a Ray Serve deployment at build time; tests run the very same class in-process
 (it satisfies `ModelClient`, so the ingress can call it directly). Errors become in-band `StreamError`s here, at the
 replica boundary, so nothing crosses a process boundary as a pickled exception and no client ever sees a traceback.
+
+The replica's stream is coalesced (`coalesce`): the first item goes out at once, and whatever the engine produced
+while the previous item was on its way is merged into one delta per choice, so a consumer that lags (a Ray hop, a
+slow socket) gets fewer, larger items instead of falling further behind. There is no timer: a consumer that keeps
+up gets every token as it comes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
-from runtime.engines.base import Engine, EngineError, GenerationRequest, StreamError
+from runtime.engines.base import Delta, Engine, EngineError, GenerationRequest, StreamError
 from runtime.engines.registry import load_engine_class
 from runtime.model_api import ModelHealth, StreamItem
 from runtime.plan import DeploymentPlan
@@ -42,7 +48,7 @@ class ModelServer:
             await self._slots.acquire()
         finally:
             self.queued -= 1
-        generator = self.engine.generate(request)
+        generator = coalesce(self.engine.generate(request))
         try:
             async for delta in generator:
                 yield delta
@@ -74,3 +80,67 @@ class ModelServer:
         if not self._stopped:
             self._stopped = True
             await self.engine.shutdown()
+
+
+# How many engine items may wait for a lagging consumer before the engine's stream is paused (the engine then holds
+# or merges them itself, as vLLM's output collector does).
+MAX_PENDING_ITEMS = 1024
+
+
+async def coalesce(items: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    """`items`, with what piled up while the consumer was away merged into one delta per choice. An exception from
+    `items` is raised after the items that came before it; closing this stream closes `items`."""
+    pending: list[Delta] = []
+    arrived = asyncio.Event()
+    room = asyncio.Event()
+    ended: list[BaseException | None] = []  # set once: None, or what `items` raised
+
+    async def pump() -> None:
+        try:
+            async for item in items:
+                pending.append(item)
+                arrived.set()
+                if len(pending) >= MAX_PENDING_ITEMS:
+                    room.clear()
+                    await room.wait()
+                # Let a waiting consumer take this item before the next one is produced: no batching unless the
+                # consumer is busy.
+                await asyncio.sleep(0)
+            ended.append(None)
+        except Exception as exc:  # handed to the consumer, in order
+            ended.append(exc)
+        finally:
+            arrived.set()
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            await arrived.wait()
+            arrived.clear()
+            batch, pending[:] = pending[:], []
+            room.set()
+            for item in merge(batch):
+                yield item
+            if ended and not pending:
+                break
+        if ended[0] is not None:
+            raise ended[0]
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)  # the engine's own cleanup has run when this returns
+        await items.aclose()
+
+
+def merge(batch: Sequence[Delta]) -> list[Delta]:
+    """Consecutive deltas of a choice as one (text and logprobs joined, the latest counts and finish reason); choices
+    in the order they first appear."""
+    merged: dict[int, Delta] = {}
+    for delta in batch:
+        before = merged.get(delta.index)
+        merged[delta.index] = (
+            delta
+            if before is None
+            else replace(delta, text=before.text + delta.text, logprobs=before.logprobs + delta.logprobs)
+        )
+    return list(merged.values())

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from runtime.engines.base import Delta, EngineError, GenerationRequest, StreamError
+import pytest
+
+from runtime.engines.base import Delta, EngineError, GenerationRequest, StreamError, TokenLogprob
 from runtime.engines.echo import EchoEngine
 from runtime.model_api import ModelHealth
-from runtime.model_server import ModelServer
+from runtime.model_server import ModelServer, coalesce, merge
 from runtime.plan import build_plan
 from runtime.spec import parse_spec
 
@@ -93,3 +95,72 @@ def test_at_most_max_ongoing_requests_generate_and_the_rest_wait_their_turn():
     assert (running, queued, load) == (1, 2, {"running": 1, "queued": 2})
     assert all(items[-1].finish_reason == "stop" for items in results)
     assert server.queued == 0 and server.engine.running == 0
+
+
+def test_coalescing_sends_the_first_token_before_the_second_is_generated_and_holds_nothing_back_at_the_end():
+    async def run():
+        go_on, finished, produced = asyncio.Event(), asyncio.Event(), []
+
+        async def engine():
+            produced.append("a")
+            yield Delta("a", 3, 1)
+            await go_on.wait()  # the second token exists only once the test has seen the first
+            for count, word in enumerate((" b", " c", " d"), start=2):
+                produced.append(word)
+                yield Delta(word, 3, count)
+            yield Delta("", 3, 4, "stop")
+            finished.set()
+
+        stream = coalesce(engine())
+        first = await stream.__anext__()
+        seen_before_second = list(produced)
+        go_on.set()
+        await finished.wait()  # a consumer that lags: the engine has finished before it reads on
+        return first, seen_before_second, [item async for item in stream]
+
+    first, seen_before_second, rest = asyncio.run(run())
+    assert (first, seen_before_second) == (Delta("a", 3, 1), ["a"])
+    assert rest == [Delta(" b c d", 3, 4, "stop")]  # what piled up, merged; nothing held back once it ended
+
+
+def test_coalescing_merges_per_choice_and_keeps_logprobs_and_an_error_in_order():
+    lp = [TokenLogprob(t, -1.0, None) for t in ("x", "y", "z")]
+    batch = [
+        Delta("x", 2, 1, index=0, logprobs=(lp[0],)),
+        Delta("y", 2, 1, index=1, logprobs=(lp[1],)),
+        Delta("z", 2, 2, "length", index=0, logprobs=(lp[2],)),
+    ]
+    assert merge(batch) == [Delta("xz", 2, 2, "length", 0, (lp[0], lp[2])), Delta("y", 2, 1, None, 1, (lp[1],))]
+
+    async def run():
+        async def engine():
+            yield Delta("a", 1, 1)
+            yield Delta(" b", 1, 2)
+            raise EngineError("invalid_request", "bad")
+
+        stream, items = coalesce(engine()), []
+        with pytest.raises(EngineError):
+            async for item in stream:
+                items.append(item)
+        return items
+
+    assert "".join(d.text for d in asyncio.run(run())) == "a b"  # what came before the error is delivered first
+
+
+def test_closing_a_coalesced_stream_stops_the_engine_before_close_returns():
+    async def run():
+        closed = []
+
+        async def engine():
+            try:
+                yield Delta("a", 1, 1)
+                await asyncio.Event().wait()  # would generate forever
+            finally:
+                closed.append(True)
+
+        stream = coalesce(engine())
+        await stream.__anext__()
+        await stream.aclose()
+        return closed
+
+    assert asyncio.run(run()) == [True]
