@@ -30,6 +30,7 @@ from runtime.openai.protocol import (
 )
 
 DONE = "data: [DONE]\n\n"
+_SLOT = "\u0000slot\u0000"  # stands for the text while a chunk's fixed text is built; no JSON string encodes to it
 # JSON has no -inf: vLLM's server (and OpenAI) send this for a token the model considers impossible.
 MIN_LOGPROB = -9999.0
 
@@ -55,6 +56,14 @@ class ChunkWriter:
         self.ids = ids
         self.include_usage = include_usage
         self.logprobs = logprobs
+        # A content chunk without logprobs is the hot path (one per token or so): its text around the delta is the
+        # same for the whole response, so it is built once from the wire model and only the text is encoded per
+        # chunk (a test checks both paths agree).
+        head, _, tail = self._chunk([ChunkChoice(index=0, delta=DeltaMessage(content=_SLOT))]).partition(
+            json.dumps(_SLOT)
+        )
+        before_index, _, after_index = head.rpartition('"index":0')  # the last one: the choice's, not in a name
+        self._content_parts = (before_index + '"index":', after_index, tail)
 
     def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> str:
         chunk = ChatCompletionChunk(
@@ -69,7 +78,10 @@ class ChunkWriter:
         return self._chunk([ChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
 
     def content(self, text: str, index: int = 0, logprobs: Sequence[TokenLogprob] = ()) -> str:
-        wire = choice_logprobs(logprobs) if self.logprobs else None
+        if not self.logprobs:
+            before_index, after_index, tail = self._content_parts
+            return f"{before_index}{index}{after_index}{json.dumps(text, ensure_ascii=False)}{tail}"
+        wire = choice_logprobs(logprobs)
         return self._chunk([ChunkChoice(index=index, delta=DeltaMessage(content=text), logprobs=wire)])
 
     def finish(self, reason: str, index: int = 0) -> str:

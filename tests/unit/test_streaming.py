@@ -4,9 +4,12 @@ import asyncio
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runtime.engines.base import Delta, StreamError, TokenLogprob, TopLogprob
 from runtime.openai.errors import APIError
+from runtime.openai.protocol import ChunkChoice, DeltaMessage
 from runtime.openai.streaming import DONE, ChunkWriter, ResponseIds, collect, stream_events
 
 IDS = ResponseIds(id="chatcmpl-1", created=1700000000, model="m")
@@ -220,3 +223,16 @@ def test_collect_without_logprobs_requested_sends_null_and_waits_for_every_choic
     with pytest.raises(APIError) as caught:
         asyncio.run(collect(_items(Delta("a", 1, 1, "stop", index=0)), IDS, n=2))
     assert caught.value.status == 500
+
+
+@given(
+    text=st.text(),
+    index=st.integers(0, 200),
+    model=st.text(min_size=1, max_size=40),
+    include_usage=st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_fast_content_chunk_is_exactly_the_wire_models_chunk(text, index, model, include_usage):
+    writer = ChunkWriter(ResponseIds("chatcmpl-x", 1700000000, model), include_usage)
+    reference = writer._chunk([ChunkChoice(index=index, delta=DeltaMessage(content=text))])
+    assert writer.content(text, index) == reference
