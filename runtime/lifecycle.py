@@ -81,6 +81,8 @@ def up(request: UpRequest, observer: Observer) -> None:
     serving, run_id = False, None
     outcome, error = "failed", None
     try:
+        if address is None:
+            _convert_weights(plan, observer)
         observer.step("starting Ray" if address is None else f"connecting to Ray at {address}")
         cluster.start_ray(plan, address)
         spec_text = Path(request.spec_path).read_text(encoding="utf-8")
@@ -127,6 +129,20 @@ def up(request: UpRequest, observer: Observer) -> None:
         if run_id:
             _record(observer, runs.record_stop, database_url, run_id, outcome, error)
         observer.info("stopped")
+
+
+def _convert_weights(plan: AppPlan, observer: Observer) -> None:
+    """Convert GGUF weights before Ray starts, as a step of its own (the replicas then load the cached folder). On
+    an existing cluster each replica converts on its own node instead."""
+    from runtime import weights
+
+    for d in plan.deployments:
+        if gguf := weights.pending_conversion(d.source):
+            observer.step(f"{d.model_id}: converting {gguf.name} to safetensors (once; later starts reuse it)")
+            try:
+                weights.convert_in_subprocess(gguf)
+            except RuntimeError as exc:
+                raise LaunchError(f"deployment {d.model_id!r}: {exc}") from None
 
 
 def checked_plan(request: UpRequest) -> tuple[AppPlan, str | None]:

@@ -13,6 +13,8 @@ import importlib.util
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -110,6 +112,30 @@ def converted_dir(gguf: Path) -> Path:
     return cache_dir() / "models" / f"{gguf.stem}-{hashlib.sha256(key).hexdigest()[:12]}"
 
 
+def pending_conversion(source: ModelSource) -> Path | None:
+    """The GGUF file of `source` when it has not been converted yet, else None (also for sources that are no GGUF
+    file, or that do not resolve here: the replica reports those with their fix)."""
+    if source.kind == "hub":
+        return None
+    try:
+        path = package_file(source.location) if source.kind == "package" else Path(source.location)
+    except RuntimeError:
+        return None
+    is_gguf = source.kind == "gguf" or path.suffix == ".gguf"
+    if not is_gguf or not path.is_file() or converted_dir(path).is_dir():
+        return None
+    return path
+
+
+def convert_in_subprocess(gguf: Path) -> None:
+    """`convert_gguf` in a child process, so that the caller (a long-lived `aana up`) never holds torch and the
+    model in its own memory. Raises RuntimeError with the child's last words when it fails."""
+    done = subprocess.run([sys.executable, "-m", "runtime.weights", str(gguf)], capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"converting {gguf} to safetensors failed:\n{tail}")
+
+
 def convert_gguf(gguf: Path) -> Path:
     """Convert `gguf` to a safetensors folder once and return the folder.
 
@@ -160,3 +186,7 @@ def _convert_into(gguf: Path, out: Path) -> None:
     del quantized
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)  # writes the chat template with it
+
+
+if __name__ == "__main__":  # python -m runtime.weights FILE.gguf: what convert_in_subprocess runs
+    convert_gguf(Path(sys.argv[1]))

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from runtime.plan import ModelSource
-from runtime.weights import ResolvedModel, converted_dir, resolve_weights
+from runtime.weights import ResolvedModel, convert_in_subprocess, converted_dir, pending_conversion, resolve_weights
 
 
 def test_hub_ids_pass_through_with_revision_and_tokenizer():
@@ -74,3 +74,25 @@ def test_gguf_that_was_converted_before_is_reused_without_loading_anything(tmp_p
 def test_folder_without_config_is_not_a_model_folder(tmp_path):
     with pytest.raises(RuntimeError, match=r"is not a model folder \(no config\.json\)"):
         resolve_weights(ModelSource("local", str(tmp_path)))
+
+
+def test_only_a_gguf_file_not_converted_yet_is_pending(tmp_path, monkeypatch):
+    monkeypatch.setenv("AANA_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"not really gguf")
+    assert pending_conversion(ModelSource("gguf", str(gguf))) == gguf
+    assert pending_conversion(ModelSource("local", str(gguf))) == gguf  # a local path ending in .gguf is one too
+    converted_dir(gguf).mkdir(parents=True)
+    assert pending_conversion(ModelSource("gguf", str(gguf))) is None
+    assert pending_conversion(ModelSource("hub", "org/model")) is None
+    assert pending_conversion(ModelSource("local", str(tmp_path))) is None
+    assert pending_conversion(ModelSource("package", "aana_no_such_package/m.gguf")) is None  # the replica says why
+
+
+def test_a_failed_conversion_in_a_child_process_says_which_file_and_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("AANA_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "gone.gguf"  # missing: the child fails at once, before it imports torch
+    with pytest.raises(RuntimeError) as caught:
+        convert_in_subprocess(gguf)
+    assert f"converting {gguf} to safetensors failed" in str(caught.value)
+    assert "FileNotFoundError" in str(caught.value)
