@@ -1,10 +1,12 @@
-"""AppPlan -> serve.Application: one model deployment per model plus one OpenAI ingress bound to their handles.
+"""AppPlan -> serve.Application: one model deployment per model plus one OpenAI ingress bound to their handles, or,
+for an app of one model, that model's deployment answering HTTP itself.
 
 The only place that binds deployments (and, with `runtime.cluster`, one of the few that import Ray). Nothing
 starts until the application is deployed. Each deployment's options come from its own plan; the ingress gets the
 model handles and one `ModelCard` per model, never the whole plan.
-A token crosses two hops: model replica -> ingress (a streamed handle item, ~1.2 ms here) -> HTTP proxy -> client.
-The ingress is kept separate from the models so one HTTP endpoint serves every model and scales on its own.
+With a separate ingress a token crosses two hops: model replica -> ingress (a streamed handle item, ~1.2 ms here)
+-> HTTP proxy -> client; that ingress lets one HTTP endpoint serve several models and scale on its own. An app of
+one model skips it (`ModelIngress`): replica -> HTTP proxy -> client.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from runtime.engines.base import GenerationRequest, StreamError
-from runtime.model_api import ModelCard, ModelHealth, StreamItem
+from runtime.model_api import ModelCard, ModelClient, ModelHealth, StreamItem
 from runtime.model_server import ModelServer
 from runtime.openai.ingress import create_app
 from runtime.openai.service import Admission
@@ -141,23 +143,25 @@ class DrainWatch:
         self.stopped.set()
 
 
-@serve.ingress()
-class OpenAIIngress:
-    def __init__(
+class _HTTPFront:
+    """What every replica that answers the app's HTTP holds: the OpenAI router over its models, admission and the
+    drain watch, and the request recorder. Shared by the separate ingress and a model that serves HTTP itself."""
+
+    def _open_front(
         self,
         app_name: str,
         cards: tuple[ModelCard, ...],
-        handles: dict[str, DeploymentHandle],
+        models: dict[str, ModelClient],
         api_key: str | None,
         recording: Recording | None,
         replicas: int,
         max_body_bytes: int,
         allowed_hosts: tuple[str, ...],
-    ):
+    ) -> None:
         self.max_body_bytes = max_body_bytes
         self.allowed_hosts = allowed_hosts
         self.cards = cards
-        self.models = {card.id: RemoteModel(card.id, handles[card.id]) for card in cards}
+        self.models = models
         self.api_key = api_key
         self.replicas = replicas
         self.admission = Admission()
@@ -187,24 +191,83 @@ class OpenAIIngress:
     def _record(self, record: CompletionRecord) -> None:
         self.recorder.record(record)
 
-    def __del__(self):
-        # Serve calls this on graceful shutdown (SIGTERM included): write what is still queued. A kill -9 loses at
+    def _close_front(self) -> None:
+        # Serve calls __del__ on graceful shutdown (SIGTERM included): write what is still queued. A kill -9 loses at
         # most the rows of the recorder's last flush interval (1 s).
         self.drain_watch.stop()
         if self.recorder is not None:
             self.recorder.close(timeout=10)
 
 
+@serve.ingress()
+class OpenAIIngress(_HTTPFront):
+    """The separate ingress of an app of several models: one HTTP endpoint over the models' handles."""
+
+    def __init__(
+        self,
+        app_name: str,
+        cards: tuple[ModelCard, ...],
+        handles: dict[str, DeploymentHandle],
+        api_key: str | None,
+        recording: Recording | None,
+        replicas: int,
+        max_body_bytes: int,
+        allowed_hosts: tuple[str, ...],
+    ):
+        models = {card.id: RemoteModel(card.id, handles[card.id]) for card in cards}
+        self._open_front(app_name, cards, models, api_key, recording, replicas, max_body_bytes, allowed_hosts)
+
+    def __del__(self):
+        self._close_front()
+
+
+@serve.ingress()
+class ModelIngress(_HTTPFront):
+    """An app of one model as one deployment: each model replica answers HTTP itself, calling its `ModelServer`
+    in-process, so a token crosses one Ray hop (replica -> HTTP proxy) instead of two."""
+
+    async def __init__(
+        self,
+        plan: DeploymentPlan,
+        app_name: str,
+        api_key: str | None,
+        recording: Recording | None,
+        max_body_bytes: int,
+        allowed_hosts: tuple[str, ...],
+    ):
+        self.server = ModelServer(plan)
+        await self.server.start()
+        models: dict[str, ModelClient] = {plan.model_id: self.server}
+        card = plan.card()
+        self._open_front(app_name, (card,), models, api_key, recording, plan.num_replicas, max_body_bytes,
+                         allowed_hosts)  # fmt: skip
+
+    async def check_health(self) -> None:
+        await self.server.check_health()
+
+    async def __del__(self) -> None:
+        self._close_front()
+        await self.server.shutdown()
+
+
 def _runtime_env() -> dict:
     return {"env_vars": SERVE_ENV_DEFAULTS | {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}}
 
 
+def _model_options(d: DeploymentPlan) -> dict:
+    options = d.deployment_options()
+    options["ray_actor_options"] = options["ray_actor_options"] | {"runtime_env": _runtime_env()}
+    return options
+
+
 def build_app(plan: AppPlan, recording: Recording | None = None) -> serve.Application:
+    if not plan.separate_ingress:
+        [d] = plan.deployments
+        model = serve.deployment(ModelIngress).options(**_model_options(d))
+        return model.bind(d, plan.app_name, plan.api_key, recording, plan.max_body_bytes, plan.allowed_hosts)
     handles = {}
     for d in plan.deployments:
-        options = d.deployment_options()
-        options["ray_actor_options"] = options["ray_actor_options"] | {"runtime_env": _runtime_env()}
-        handles[d.model_id] = serve.deployment(ModelDeployment).options(**options).bind(d)
+        handles[d.model_id] = serve.deployment(ModelDeployment).options(**_model_options(d)).bind(d)
     ingress = serve.deployment(OpenAIIngress).options(**plan.ingress_options())
     return ingress.bind(
         plan.app_name,

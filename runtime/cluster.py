@@ -258,10 +258,13 @@ def _ingress_reports(app_name: str) -> tuple[int, int]:
 
 
 def _running_ingress_replicas(app_name: str) -> int:
+    """Running replicas of the deployment that serves the app's HTTP: the separate ingress, or the only model."""
     from runtime.plan import INGRESS_NAME
 
-    progress = read_progress(app_name, time.monotonic())
-    ingress = next((d for d in progress.deployments if d.name == INGRESS_NAME), None)
+    deployments = read_progress(app_name, time.monotonic()).deployments
+    ingress = next(
+        (d for d in deployments if d.name == INGRESS_NAME), deployments[0] if len(deployments) == 1 else None
+    )
     return ingress.replicas.get("RUNNING", 0) if ingress else 0
 
 

@@ -106,6 +106,7 @@ class AppPlan:
     deployments: tuple[DeploymentPlan, ...]
     ingress_num_cpus: float = INGRESS_NUM_CPUS  # per ingress replica
     ingress_replicas: int | None = None  # None: decided once the cluster's size is known (`with_ingress_replicas`)
+    separate_ingress: bool = True  # False: the one model's replicas serve HTTP themselves (see `build_plan`)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     allowed_hosts: tuple[str, ...] = ANY_HOST
 
@@ -122,9 +123,14 @@ class AppPlan:
         endpoint down), else 1 (a 2-core machine keeps its CPU for the model)."""
         from dataclasses import replace
 
-        if self.ingress_replicas is not None:
+        if self.ingress_replicas is not None or not self.separate_ingress:
             return self
         return replace(self, ingress_replicas=2 if cluster_cpus >= MULTI_INGRESS_MIN_CPUS else 1)
+
+    @property
+    def ingress_cpus(self) -> float:
+        """CPUs the separate ingress takes in all (none when the model serves HTTP itself)."""
+        return self.ingress_num_cpus * (self.ingress_replicas or 1) if self.separate_ingress else 0.0
 
     def ingress_options(self) -> dict[str, Any]:
         """Keyword arguments for the ingress's `serve.Deployment.options`."""
@@ -198,6 +204,11 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
         port=spec.server.port,
         api_key=spec.server.api_key,
         ingress_replicas=spec.server.ingress_replicas,
+        # One model needs no relay in front of it: its replicas answer HTTP, and each token crosses one Ray hop
+        # (replica -> HTTP proxy) instead of two. Measured in bench/serve_bench.py.
+        separate_ingress=(
+            spec.server.ingress == "separate" or len(deployments) > 1 or spec.server.ingress_replicas is not None
+        ),
         max_body_bytes=int(spec.server.max_body_mb * MIB),
         allowed_hosts=_allowed_hosts(spec.server.host, spec.server.allowed_hosts),
         database_url=spec.database.url,

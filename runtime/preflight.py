@@ -62,13 +62,14 @@ def gpu_problems(plan: AppPlan, gpus: float, where: str) -> list[str]:
 
 
 def cpu_problems(plan: AppPlan, cpus: float) -> list[str]:
-    ingress = plan.ingress_num_cpus * (plan.ingress_replicas or 1)
+    ingress = plan.ingress_cpus
     needed = ingress + sum(d.num_cpus * d.num_replicas for d in plan.deployments)
     if needed <= cpus + 1e-9:
         return []
-    detail = ", ".join(f"{d.model_id}: {d.num_replicas} x {d.num_cpus:g}" for d in plan.deployments)
+    parts = [f"ingress {ingress:g}"] if ingress else []
+    parts += [f"{d.model_id}: {d.num_replicas} x {d.num_cpus:g}" for d in plan.deployments]
     return [
-        f"the deployments need {needed:g} CPUs in all (ingress {ingress:g}, {detail}) but the Ray "
+        f"the deployments need {needed:g} CPUs in all ({', '.join(parts)}) but the Ray "
         f"cluster has {cpus:g}; lower num_cpus (fractions are allowed) or num_replicas"
     ]
 

@@ -68,11 +68,18 @@ class _Section(BaseModel):
 class ServerSpec(_Section):
     host: str = Field("127.0.0.1", description="Address the HTTP server binds; 0.0.0.0 to listen on all interfaces.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port of the OpenAI-compatible HTTP server.")
+    ingress: Literal["auto", "separate"] = Field(
+        "auto",
+        description="auto: an app of one model serves HTTP from that model's replicas (one Ray hop less per token); "
+        "an app of several models, or one that sets ingress_replicas, gets a separate ingress deployment in "
+        "front. separate: always the separate ingress (a stream cut by a dying model replica then ends with a "
+        "readable error event instead of a dropped connection).",
+    )
     ingress_replicas: int | None = Field(
         None,
         ge=1,
-        description="Replicas of the HTTP ingress (each 0.1 CPU), so one can fail without taking the endpoint down. "
-        "Default: 2 when the Ray cluster has at least 4 CPUs, else 1.",
+        description="Replicas of the separate HTTP ingress (each 0.1 CPU), so one can fail without taking the "
+        "endpoint down. Default: 2 when the Ray cluster has at least 4 CPUs, else 1.",
     )
     max_body_mb: float = Field(
         DEFAULT_MAX_BODY_MB, gt=0, description="Largest request body accepted; larger ones get 413."

@@ -79,7 +79,8 @@ def _replica_pids(deployment: str) -> list[int]:
 
 
 def test_a_replica_that_dies_mid_stream_ends_the_stream_readably_and_comes_back(tmp_path):
-    spec = _spec(tmp_path, "token_delay_s = 0.5\n")
+    # With a separate ingress, the stream outlives the model replica and can say what happened.
+    spec = _spec(tmp_path, "token_delay_s = 0.5\n", server='ingress = "separate"')
     with serving(spec, tmp_path) as server:
         url = f"{server.base_url}/v1/chat/completions"
         body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": WORDS * 4}]}
@@ -101,11 +102,30 @@ def test_a_replica_that_dies_mid_stream_ends_the_stream_readably_and_comes_back(
         assert reply.json()["choices"][0]["finish_reason"] == "stop"
 
 
+def test_a_single_model_replica_that_dies_mid_stream_cuts_its_stream_and_comes_back(tmp_path):
+    # An app of one model answers HTTP from the model replica itself: its streams end with it (as a dying `vllm
+    # serve` process's would), and the next request is served by its replacement.
+    spec = _spec(tmp_path, "token_delay_s = 0.5\n")
+    with serving(spec, tmp_path) as server:
+        url = f"{server.base_url}/v1/chat/completions"
+        body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": WORDS * 4}]}
+        with pytest.raises(httpx.RemoteProtocolError), httpx.stream("POST", url, json=body, timeout=60) as response:
+            lines = response.iter_lines()
+            assert '"role":"assistant"' in next(line for line in lines if line)
+            [pid] = _replica_pids("echo")
+            os.kill(pid, signal.SIGKILL)
+            for _ in lines:
+                pass
+        reply = httpx.post(url, json=body | {"stream": False}, timeout=120)  # waits at the proxy for the replacement
+        assert reply.status_code == 200 and reply.json()["choices"][0]["finish_reason"] == "stop", reply.text
+
+
 def test_a_dead_engine_core_is_not_ready_until_ray_replaces_the_replica(tmp_path, tiny_model_dir):
     pytest.importorskip("vllm")
     spec = tmp_path / "vllm.toml"
     spec.write_text(
-        f'name = "load"\n[deployments.tiny]\nengine = "vllm"\nmodel = "{tiny_model_dir}"\nnum_cpus = 1\n'
+        f'name = "load"\n[server]\ningress = "separate"\n[deployments.tiny]\nengine = "vllm"\nmodel = "{tiny_model_dir}"\n'
+        "num_cpus = 1\n"
         "max_model_len = 512\nkv_cache_space_gb = 1\n"
     )
     with serving(spec, tmp_path) as server:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.app import SERVE_ENV_DEFAULTS, ModelDeployment, OpenAIIngress, build_app
+from runtime.app import SERVE_ENV_DEFAULTS, ModelDeployment, ModelIngress, OpenAIIngress, build_app
 from runtime.plan import HEALTH_PROBE_HEADROOM, INGRESS_NAME, build_plan
 from runtime.records import Recording
 from runtime.spec import parse_spec
@@ -54,3 +54,19 @@ def test_ingress_replicas_from_the_spec_or_the_cluster_size():
     assert pinned.with_ingress_replicas(64).ingress_replicas == 3
     ingress = build_app(pinned.with_ingress_replicas(64))._bound_deployment
     assert ingress.num_replicas == 3 and ingress.init_args[5] == 3
+
+
+def test_an_app_of_one_model_is_one_deployment_that_answers_http_itself(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    one = 'name = "t"\n[server]\napi_key = "k"\n[deployments.a]\nengine = "echo"\nnum_replicas = 2\nnum_cpus = 0.5\n'
+    plan = build_plan(parse_spec(one)).with_ingress_replicas(64)
+    assert not plan.separate_ingress and plan.ingress_replicas is None and plan.ingress_cpus == 0
+    model = build_app(plan, Recording("sqlite:///x.db", "run-1"))._bound_deployment
+    assert (model.name, model.func_or_class, model.num_replicas) == ("a", ModelIngress, 2)
+    assert model.ray_actor_options["num_cpus"] == 0.5
+    assert model.init_args == (plan.deployments[0], "t", "k", Recording("sqlite:///x.db", "run-1"), 8 << 20,
+                               ("localhost", "127.0.0.1", "::1"))  # fmt: skip
+    for separate in ('ingress = "separate"', "ingress_replicas = 1"):
+        plan = build_plan(parse_spec(one.replace('api_key = "k"', f'api_key = "k"\n{separate}')))
+        ingress = build_app(plan.with_ingress_replicas(2))._bound_deployment
+        assert (plan.separate_ingress, ingress.name, ingress.func_or_class) == (True, INGRESS_NAME, OpenAIIngress)
