@@ -400,7 +400,10 @@ def test_stream_of_n_choices_follows_vllms_sequence(client):
     chunks = _stream_chunks(client, n=2, messages=messages, stream_options={"include_usage": True})
     assert len({c["id"] for c in chunks}) == 1
     wire = [(c["choices"][0]["index"], c["choices"][0]["delta"], c["choices"][0]["finish_reason"]) for c in chunks[:-1]]
-    assert wire[:2] == [(0, {"role": "assistant", "content": ""}, None), (1, {"role": "assistant", "content": ""}, None)]
+    assert wire[:2] == [
+        (0, {"role": "assistant", "content": ""}, None),
+        (1, {"role": "assistant", "content": ""}, None),
+    ]
     assert _per_choice(wire[2:]) == {0: ("a b", "stop"), 1: ("b a", "stop")}
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}
