@@ -70,6 +70,8 @@ def progress_table(progress: Progress) -> Table:
         replicas = ", ".join(f"{n} {state.lower()}" for state, n in d.replicas.items()) or "-"
         style = _STYLE.get(d.status, "red")
         note = escape(d.message.strip().splitlines()[0][:100]) if d.message.strip() else ""
+        if d.step:
+            note = escape(f"{d.step} for {d.step_s:.0f} s") + (f" ({note})" if note else "")
         table.add_row(d.name, f"[{style}]{d.status}[/]", replicas, note)
     return table
 

@@ -52,8 +52,12 @@ class ModelDeployment(ModelServer):
     """`ModelServer` as Ray Serve runs it: started in the constructor, shut down when Serve removes the replica."""
 
     async def __init__(self, plan: DeploymentPlan):
-        ModelServer.__init__(self, plan)
-        await self.start()
+        steps = StartupSteps(plan.model_id)
+        ModelServer.__init__(self, plan, on_step=steps)
+        try:
+            await self.start()
+        finally:
+            steps.done()
 
     async def __del__(self) -> None:
         # Serve awaits this on graceful shutdown: the engine's processes and memory go with the replica.
@@ -114,6 +118,37 @@ def drain_key(app: str) -> bytes:
 
 def report_prefix(app: str) -> bytes:
     return kv_prefix(app) + b"ingress/"
+
+
+def steps_prefix(app: str) -> bytes:
+    return kv_prefix(app) + b"steps/"
+
+
+class StartupSteps:
+    """A starting replica's current step (from its engine: "loading the weights ...") in the GCS store, where
+    `aana up` reads it (`runtime.cluster.read_progress`) to show more than Serve's UPDATING while a model loads.
+    Called from the engine's loading thread; a store that does not answer costs a log line, never the start."""
+
+    def __init__(self, model_id: str):
+        context = serve.get_replica_context()
+        self.key = steps_prefix(context.app_name) + f"{model_id}/{context.replica_id.unique_id}".encode()
+
+    def __call__(self, message: str) -> None:
+        from ray.experimental import internal_kv
+
+        try:
+            step = json.dumps({"step": message, "at": time.time()})
+            internal_kv._internal_kv_put(self.key, step, namespace=KV_NAMESPACE)
+        except (RayError, OSError) as exc:
+            logger.warning("could not report start-up step %r: %s", message, exc)
+
+    def done(self) -> None:
+        from ray.experimental import internal_kv
+
+        try:
+            internal_kv._internal_kv_del(self.key, namespace=KV_NAMESPACE)
+        except (RayError, OSError) as exc:
+            logger.warning("could not clear the start-up step: %s", exc)
 
 
 class DrainWatch:
@@ -235,8 +270,12 @@ class ModelIngress(_HTTPFront):
         max_body_bytes: int,
         allowed_hosts: tuple[str, ...],
     ):
-        self.server = ModelServer(plan)
-        await self.server.start()
+        steps = StartupSteps(plan.model_id)
+        self.server = ModelServer(plan, on_step=steps)
+        try:
+            await self.server.start()
+        finally:
+            steps.done()
         models: dict[str, ModelClient] = {plan.model_id: self.server}
         card = plan.card()
         self._open_front(app_name, (card,), models, api_key, recording, plan.num_replicas, max_body_bytes,

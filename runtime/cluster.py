@@ -29,6 +29,8 @@ class DeploymentProgress:
     status: str
     replicas: dict[str, int] = field(default_factory=dict)
     message: str = ""
+    step: str = ""  # what a starting replica is doing now, e.g. "loading the weights (513 MB)"
+    step_s: float = 0.0  # for how long it has been doing it
 
 
 @dataclass
@@ -45,9 +47,14 @@ class StatusChanges:
         self.seen: dict[str, str] = {}
 
     def lines(self, progress: Progress) -> list[str]:
-        changed = [d for d in progress.deployments if self.seen.get(d.name) != d.status]
-        self.seen.update((d.name, d.status) for d in changed)
-        return [f"[{progress.elapsed_s:5.1f} s] {d.name}: {d.status}" for d in changed]
+        changed = [d for d in progress.deployments if self.seen.get(d.name) != self._state(d)]
+        self.seen.update((d.name, self._state(d)) for d in changed)
+        return [f"[{progress.elapsed_s:5.1f} s] {d.name}: {d.status}" + (f", {d.step}" if d.step else "")
+                for d in changed]  # fmt: skip
+
+    @staticmethod
+    def _state(d: DeploymentProgress) -> str:
+        return f"{d.status} {d.step}"  # a line per step, not per second of it
 
 
 def _quiet_ray() -> None:
@@ -156,16 +163,45 @@ def read_progress(app_name: str, started: float) -> Progress:
     app = serve.status().applications.get(app_name)
     if app is None:
         return Progress("NOT_STARTED", time.monotonic() - started, [])
+    steps = _startup_steps(app_name)
     deployments = [
         DeploymentProgress(
             name=name,
             status=_name(d.status),
             replicas={_name(k): v for k, v in (d.replica_states or {}).items()},
             message=d.message or "",
+            **(steps.get(name, {}) if _name(d.status) != "HEALTHY" else {}),
         )
         for name, d in app.deployments.items()
     ]
     return Progress(_name(app.status), time.monotonic() - started, deployments)
+
+
+def _startup_steps(app_name: str) -> dict[str, dict]:
+    """Model name -> the latest start-up step any of its starting replicas reported (`runtime.app.StartupSteps`)
+    and how long it has taken so far, as DeploymentProgress fields."""
+    import json
+
+    from ray.exceptions import RayError
+    from ray.experimental import internal_kv
+
+    from runtime.app import KV_NAMESPACE, steps_prefix
+
+    latest: dict[str, tuple[float, str]] = {}
+    prefix = steps_prefix(app_name)
+    try:
+        for key in internal_kv._internal_kv_list(prefix, namespace=KV_NAMESPACE):
+            raw = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+            if not raw:
+                continue  # the replica finished its start meanwhile
+            model = key[len(prefix) :].decode().split("/", 1)[0]
+            report = json.loads(raw)
+            if report["at"] > latest.get(model, (0.0, ""))[0]:
+                latest[model] = (report["at"], report["step"])
+    except (RayError, OSError, ValueError, KeyError):
+        return {}  # progress without steps is still progress
+    now = time.time()
+    return {model: {"step": step, "step_s": max(0.0, now - at)} for model, (at, step) in latest.items()}
 
 
 def wait_until_running(plan: AppPlan, timeout_s: float, on_progress: Callable[[Progress], None]) -> Progress:

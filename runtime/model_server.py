@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
 from runtime.engines.base import Delta, Engine, EngineError, GenerationRequest, StreamError
@@ -28,9 +28,16 @@ logger = logging.getLogger("aana.model")
 class ModelServer:
     """Serves one `DeploymentPlan`. `engine_class` defaults to the registry's engine for the plan (tests inject one)."""
 
-    def __init__(self, plan: DeploymentPlan, engine_class: type[Engine] | None = None):
+    def __init__(
+        self,
+        plan: DeploymentPlan,
+        engine_class: type[Engine] | None = None,
+        on_step: Callable[[str], None] | None = None,
+    ):
         self.plan = plan
         self.engine: Engine = (engine_class or load_engine_class(plan.engine))(plan)
+        if on_step is not None:
+            self.engine.on_step = on_step  # start-up steps, e.g. to `StartupSteps` in a Serve replica
         self._stopped = False
         # At most max_ongoing_requests generate at once; the rest wait here, in arrival order. Ray lets more than
         # that reach the replica (see DeploymentPlan.deployment_options) so that a health probe never queues

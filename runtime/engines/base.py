@@ -8,7 +8,7 @@ Imports only the standard library, so the ingress and the unit tests can use the
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -159,11 +159,22 @@ def chat_prompt_ids(tokenizer: Any, messages: Any, chat_template: str | None = N
     return list(ids)
 
 
+def _ignore_step(message: str) -> None:
+    pass
+
+
 class Engine(abc.ABC):
     """One loaded model. Lives inside one Ray Serve replica (or in-process in tests)."""
 
     def __init__(self, config: Any):
         self.config = config  # a runtime.plan.DeploymentPlan
+        # Who hears of start-up steps (the replica shows them to `aana up`); set before start(), may be called from
+        # any thread.
+        self.on_step: Callable[[str], None] = _ignore_step
+
+    def step(self, message: str) -> None:
+        """Name what start() does now when it takes more than a moment ("loading the weights (513 MB)")."""
+        self.on_step(message)
 
     @abc.abstractmethod
     async def start(self) -> None:

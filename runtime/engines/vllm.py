@@ -48,7 +48,7 @@ from runtime.engines.vllm_args import (
     unknown_engine_args,
 )
 from runtime.engines.vllm_outputs import Choices
-from runtime.weights import offline_hint, resolve_weights
+from runtime.weights import offline_hint, pending_conversion, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ class VLLMEngine(Engine):
 
     async def start(self) -> None:
         config = self.config
+        if gguf := pending_conversion(config.source):
+            self.step(f"converting {gguf.name} to safetensors (once)")
         # Resolving may convert a GGUF file (seconds to minutes, once): off the event loop.
         resolved = await asyncio.to_thread(resolve_weights, config.source, config.tokenizer)
         gpu_total_mb = await asyncio.to_thread(_gpu_total_mb) if config.num_gpus > 0 else None
@@ -96,6 +98,7 @@ class VLLMEngine(Engine):
         self._stats = _SchedulerStats()
         try:
             # from_engine_args blocks until the engine core has loaded the model (~20 s on CPU).
+            self.step("starting vLLM's engine (loads the weights, sizes the KV cache, warms up)")
             await asyncio.to_thread(self._create, kwargs)
         except BaseException:
             self._failures.remove()  # its root cause, if any, is in the exception by now
