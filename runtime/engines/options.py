@@ -21,7 +21,15 @@ class TransformersOptions(EngineOptions):
         "auto", description="Weights dtype; auto is float32 on CPU and the checkpoint's dtype on GPU."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when the replica has a GPU.")
-    threads: int | None = Field(None, ge=1, description="Torch threads per replica (default: the machine's cores).")
+    threads: int | None = Field(
+        None, ge=1, description="Torch threads per replica (default: the replica's num_cpus, at least 1)."
+    )
+    kv_cache_space_gb: float | None = Field(
+        None,
+        gt=0,
+        description="KV cache size in GiB on CPU (default 0.25, and always room for one max_model_len "
+        "request); on a GPU the cache takes most of the free memory.",
+    )
 
 
 class VLLMOptions(EngineOptions):

@@ -1,13 +1,17 @@
 """The Hugging Face Transformers engine: one `AutoModelForCausalLM` per replica, on CPU or one GPU.
 
-Owns loading the model (through `runtime.weights`), the chat template, the context-length budget, sampling
-parameters, token streaming with incremental detokenization, stop strings, and cancellation.
+Owns loading the model (through `runtime.weights`), the chat template, the context-length budget, per-request
+sampling and the batching thread; `transformers_stream` turns each request's token ids into deltas.
 
-Generations are serialised: one `model.generate` runs at a time per replica, the others wait their turn in FIFO
-order (an asyncio.Lock). Transformers has no continuous batching, and two generate calls sharing one model from
-two threads would compete for the same cores and the global RNG that seeds sampling; for throughput, add replicas
-or use the vLLM engine. A stream closed early (the client went away) stops its generate within one token, and the
-next request starts only once that generate has returned.
+Concurrent requests share forward passes through Transformers' continuous batching (`init_continuous_batching`):
+one thread runs each step over every running request (prefill chunks and decodes mixed, on a paged KV cache) and
+admits new requests and drops cancelled ones between steps, so a stream closed early stops within a step while the
+others go on. Its own per-request sampling is temperature, top-k and top-p drawn from one global RNG (no seed, no
+min-p, no repetition penalty), so the batch decodes greedily from rows that `_Sampler` has already decided: per
+request, Transformers' own processors (repetition penalty, temperature, top-k, top-p, min-p, in `generate`'s order),
+then a draw from the request's own torch.Generator. A seed thus gives the same text whatever else is in the batch
+(up to float rounding that depends on the batch's shape, as in any batching server). CUDA graphs and asynchronous
+batching stay off: the sampler runs Python at every step and reads each request's tokens so far.
 
 torch and transformers are imported inside functions, not when this module is imported: whoever looks up the
 engine class (the app builder, a test) does not pay for torch; the replica imports it when start() runs.
@@ -16,36 +20,42 @@ engine class (the app builder, a test) does not pay for torch; the replica impor
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
+import itertools
 import logging
+import math
 import os
 import threading
-from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from runtime.engines.base import (
     Delta,
     Engine,
     EngineError,
-    FinishReason,
     GenerationParams,
     GenerationRequest,
     chat_prompt_ids,
     completion_budget,
     no_chat_template_error,
 )
-from runtime.engines.stops import StopMatcher
-from runtime.weights import ResolvedModel, offline_hint, resolve_weights
-
-if TYPE_CHECKING:
-    import torch
+from runtime.engines.transformers_stream import GenerationFailed, RequestStream, TextTracker
+from runtime.weights import ResolvedModel, offline_hint, pending_conversion, resolve_weights
 
 log = logging.getLogger(__name__)
 
-_DONE = object()  # end of the token stream, sent by the worker thread however generate ended
-_REPLACEMENT = "\ufffd"  # what a decoder shows for an incomplete UTF-8 sequence
+# The paged KV cache on CPU (unless the spec sets kv_cache_space_gb): at most this much memory, but always room for
+# one request of max_model_len tokens. When running requests outgrow it, Transformers frees the newest and recomputes
+# it later (slower, never wrong). SmolLM2-135M takes 46 KB a token: 0.25 GiB holds ~5,800 tokens.
+CPU_KV_CACHE_BYTES = 256 << 20
+CPU_PAGE_SIZE = 64  # tokens per cache page; small pages waste less memory on short requests
+CPU_MAX_BATCH_TOKENS = 512  # tokens per forward pass; longer prompts are prefilled in chunks of this size
+STOP_TIMEOUT_S = 10.0
+MIN_TRANSFORMERS = (5, 19)  # the continuous batching API driven here (page_size, result handlers, processors)
+TRANSFORMERS_HINT = "pip install 'transformers>=5.19,<5.20'"
 
 
 @dataclass(frozen=True)
@@ -55,38 +65,39 @@ class _Loaded:
     device: str
     max_model_len: int
     eos_ids: frozenset[int]
-    pad_id: int | None
-    threads: int
+    batching: _Batching
 
 
 class TransformersEngine(Engine):
-    """Serves one model with `model.generate`, one request at a time per replica (see the module docstring)."""
+    """Serves one model, batching concurrent requests (see the module docstring)."""
 
     def __init__(self, config: Any):
         super().__init__(config)
         self._loaded: _Loaded | None = None
-        self._fatal: BaseException | None = None
-        self._current: _Run | None = None  # the generation holding the model, for shutdown to stop it
-        self._lock = asyncio.Lock()
-        self._waiting = 0  # generations queued behind the one holding the model
-        # One worker thread: generations are serialised anyway, and a dedicated thread keeps them off the
-        # default executor that the event loop uses for other blocking work.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aana-generate")
+        self._closing = False
+        self._streams: dict[str, RequestStream] = {}  # the requests the manager holds, by its request id
+        self._ids = itertools.count()  # client request ids may repeat; the manager's must not
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         # Loading blocks for seconds to minutes; in a thread, the replica's event loop keeps answering Ray.
         self._loaded = await asyncio.to_thread(self._load)
+        self.step("warming up (one token through the batch)")
+        await self._warm_up()
 
     def _load(self) -> _Loaded:
-        import torch
+        self.step("importing torch and transformers")
+        from transformers import __version__
 
+        if tuple(int(part) for part in __version__.split(".")[:2]) < MIN_TRANSFORMERS:
+            raise RuntimeError(f"transformers {__version__} is too old for this engine: {TRANSFORMERS_HINT}")
         config, options = self.config, self.config.options
-        threads = options.threads or os.cpu_count() or 1
-        torch.set_num_threads(threads)
         device = _pick_device(options.device, config.num_gpus)
+        if gguf := pending_conversion(config.source):
+            self.step(f"converting {gguf.name} to safetensors (once)")
         resolved = resolve_weights(config.source, config.tokenizer)
+        self.step(f"loading the weights{_weights_size(resolved)} on {device}")
         tokenizer = _load_tokenizer(resolved)
         if config.chat_template is not None:
             tokenizer.chat_template = config.chat_template
@@ -99,25 +110,44 @@ class TransformersEngine(Engine):
             raise RuntimeError(
                 f"cannot tell the context length of {config.source.describe()}; set `max_model_len` in the spec"
             )
-        eos_ids = _eos_ids(model, tokenizer)
-        pad_id = model.generation_config.pad_token_id
-        if pad_id is None:
-            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids, default=None)
+        eos_ids = frozenset(_eos_ids(model, tokenizer))
+        # As many threads as the cores Ray reserved for the replica: on a small machine, more threads than that
+        # fight Ray's own processes and the event loop for the cores (measured: slower at c=1 and at c=8).
+        threads = options.threads or max(1, min(int(config.num_cpus), os.cpu_count() or 1))
+        kv_bytes = int(options.kv_cache_space_gb * (1 << 30)) if options.kv_cache_space_gb else CPU_KV_CACHE_BYTES
+        batching = _Batching(model, device, max_model_len, config.max_ongoing_requests, threads, kv_bytes)
         log.info("%s loaded on %s (%s), max_model_len=%d", config.model_id, device, model.dtype, max_model_len)
-        return _Loaded(model, tokenizer, device, max_model_len, frozenset(eos_ids), pad_id, threads)
+        return _Loaded(model, tokenizer, device, max_model_len, eos_ids, batching)
+
+    async def _warm_up(self) -> None:
+        """One greedy token through the batch, so that the batching thread builds its KV cache and reads the weights
+        in now rather than in the first client's request."""
+        loaded = self._loaded
+        prompt = loaded.tokenizer("Hello", add_special_tokens=False)["input_ids"] or [0]
+        stream = RequestStream(TextTracker(loaded.tokenizer, ()), len(prompt), 1, frozenset())
+        request_id = f"warm-up#{next(self._ids)}"
+        sampling = _request_sampling(GenerationParams(), loaded.model.device)
+        try:
+            if not loaded.batching.add(request_id, prompt, 1, (), sampling, stream.put):
+                raise RuntimeError(f"the batching thread did not start: {loaded.batching.fatal_error()}")
+            async for _ in stream.deltas():
+                pass
+        finally:
+            loaded.batching.release(request_id, cancel=not stream.finished)
 
     async def check_health(self) -> None:
-        if self._fatal is not None:
-            raise RuntimeError(f"a generation left the device unusable: {self._fatal}")
         if self._loaded is None:
             raise RuntimeError("the model is not loaded (start() has not finished or failed)")
+        if not self._loaded.batching.is_running():
+            raise RuntimeError(f"the batching thread has stopped: {self._loaded.batching.fatal_error()}")
 
     async def shutdown(self) -> None:
+        self._closing = True
         loaded, self._loaded = self._loaded, None
-        if self._current is not None:
-            self._current.stop.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        if loaded is not None and loaded.device.startswith("cuda"):
+        if loaded is None:
+            return
+        await asyncio.to_thread(loaded.batching.stop)  # the streams still running end with "unavailable"
+        if loaded.device.startswith("cuda"):
             import torch
 
             del loaded
@@ -127,182 +157,247 @@ class TransformersEngine(Engine):
     def max_model_len(self) -> int | None:
         return self._loaded.max_model_len if self._loaded else None
 
+    def load(self) -> dict[str, int]:
+        running = sum(stream.started for stream in self._streams.values())
+        return {"running": running, "waiting": len(self._streams) - running}
+
     # -- generation ------------------------------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         loaded = self._ready()
         params = request.params
-        generate_kwargs = _sampling_kwargs(params)
+        sampling = _request_sampling(params, loaded.model.device)
         prompt_ids = chat_prompt_ids(loaded.tokenizer, request.messages)
         max_new = completion_budget(len(prompt_ids), params.max_tokens, request.max_tokens_requested,
                                      loaded.max_model_len)  # fmt: skip
-        run = _Run(loaded, prompt_ids, max_new, params)
-        self._waiting += 1
+        eos_ids = frozenset() if params.ignore_eos else loaded.eos_ids
+        stream = RequestStream(TextTracker(loaded.tokenizer, params.stop), len(prompt_ids), max_new, eos_ids)
+        batching, request_id = loaded.batching, f"{request.request_id}#{next(self._ids)}"
+        self._streams[request_id] = stream
         try:
-            await self._lock.acquire()
-        finally:
-            self._waiting -= 1
-        self._current = run
-        try:
-            future = asyncio.get_running_loop().run_in_executor(
-                self._executor, self._generate_blocking, run, generate_kwargs
-            )
-        except BaseException:
-            self._lock.release()
-            raise
-        # The lock follows the thread, not this coroutine: a client that disconnects mid-stream must not let
-        # the next request start while the dying generate still holds the model.
-        future.add_done_callback(lambda _: self._release())
-        try:
-            async for delta in run.deltas(future):
+            if not batching.add(request_id, prompt_ids, max_new, eos_ids, sampling, stream.put):
+                raise self._unavailable()
+            async for delta in stream.deltas():
                 yield delta
+        except GenerationFailed as exc:
+            if self._closing:
+                raise self._unavailable() from exc
+            raise
         finally:
-            run.stop.set()  # no-op when finished; otherwise generate stops after the token in flight
-
-    def _release(self) -> None:
-        self._current = None
-        self._lock.release()
-
-    def load(self) -> dict[str, int]:
-        return {"running": int(self._lock.locked()), "waiting": self._waiting}
+            batching.release(request_id, cancel=not stream.finished)  # closed early, or ended by a stop string
+            del self._streams[request_id]
 
     def _ready(self) -> _Loaded:
-        if self._fatal is not None:
-            raise EngineError("unavailable", "this replica's model is unusable; it is being replaced")
+        if self._closing:
+            raise self._unavailable()
         if self._loaded is None:
             raise EngineError("unavailable", "the model is still loading; retry shortly")
+        if not self._loaded.batching.is_running():
+            raise self._unavailable()
         return self._loaded
 
-    def _generate_blocking(self, run: _Run, generate_kwargs: dict[str, Any]) -> None:
+    def _unavailable(self) -> EngineError:
+        if self._closing:
+            return EngineError("unavailable", "this replica is shutting down; retry")
+        return EngineError("unavailable", "this replica's model is unusable; it is being replaced")
+
+
+# -- continuous batching -----------------------------------------------------------------------------------
+
+
+class _Batching:
+    """Transformers' continuous batching over one model: the manager, its thread, and the `_Sampler` inside it."""
+
+    def __init__(self, model: Any, device: str, max_model_len: int, max_requests: int, threads: int, kv_bytes: int):
+        from transformers import ContinuousBatchingConfig, GenerationConfig, LogitsProcessorList
+        from transformers.generation.continuous_batching.cb_logits_processors import (
+            ContinuousBatchingLogitsProcessorList,
+        )
+
+        cb_config = ContinuousBatchingConfig(
+            max_requests_per_batch=max_requests, use_cuda_graph=False, use_async_batching=False,
+            **_cache_sizing(model, device, max_model_len, max_requests, kv_bytes),
+        )  # fmt: skip
+        # do_sample=False: the batch takes the argmax of what the sampler returns, a row with one finite logit.
+        self.manager = model.init_continuous_batching(GenerationConfig(do_sample=False, eos_token_id=-1), cb_config)
+        self.sampler = _sampler_class()()
+        processors = ContinuousBatchingLogitsProcessorList(LogitsProcessorList([self.sampler]))
+        processors.tensors_required = 1  # the argument row each batching processor gets (counted only for its own)
+        self.manager.logit_processor = processors  # read when the thread builds its batch processor, in start()
+        self._start_thread(threads)
+        # A daemon thread still inside torch when the interpreter exits can abort it: stop it first.
+        atexit.register(self.stop)
+
+    def _start_thread(self, threads: int) -> None:
+        """Start the manager's thread from a daemon thread that set torch's thread count: a thread inherits both, so
+        the batch uses `options.threads` cores and an engine nobody shut down does not keep the process alive."""
+
+        def start() -> None:
+            import torch
+
+            torch.set_num_threads(threads)
+            self.manager.start()
+
+        starter = threading.Thread(target=start, name="aana-batching-start", daemon=True)
+        starter.start()
+        starter.join()
+
+    def is_running(self) -> bool:
+        return self.manager.is_running()
+
+    def fatal_error(self) -> str:
+        status = getattr(self.manager, "background_thread_status", None)
+        return str(getattr(status, "fatal_error", None) or "no error recorded")
+
+    def add(self, request_id: str, prompt_ids: list[int], max_new: int, eos_ids: Collection[int],
+            sampling: _Sampling, on_output: Callable[[Any], None]) -> bool:  # fmt: skip
+        """Queue a request; `on_output` then gets its output, on this event loop, after every step that grew it.
+        False when the manager takes no more work (its thread is stopping or dead)."""
+        self.sampler.requests[request_id] = sampling
+        self.manager.register_result_handler(request_id, on_output)
+        # eos -1 is no token: the request then ends at max_new_tokens only.
+        added = self.manager.add_request(prompt_ids, request_id=request_id, max_new_tokens=max_new, streaming=True,
+                                         eos_token_id=sorted(eos_ids) or -1)  # fmt: skip
+        return added is not None
+
+    def release(self, request_id: str, cancel: bool) -> None:
+        """Forget a request; `cancel`: it is still in the batch, drop it from the next step on."""
+        self.sampler.requests.pop(request_id, None)
+        if cancel:
+            self.manager.cancel_request(request_id)
+            # The manager drops a result handler only when its request finishes; a cancelled one never does.
+            router = self.manager.output_router
+            with router._lock:
+                router.result_handlers.pop(request_id, None)
+
+    def stop(self) -> None:
+        """A hard stop: requests still running fail (their streams end with an error)."""
+        atexit.unregister(self.stop)
+        if self.manager.is_running():
+            self.manager.stop(block=True, timeout=STOP_TIMEOUT_S, hard_stop=True)
+
+
+def _cache_sizing(model: Any, device: str, max_model_len: int, max_requests: int, kv_bytes: int) -> dict[str, Any]:
+    """The paged KV cache's size. On a GPU, Transformers sizes it from the free memory; on a CPU it would take most
+    of the machine's, so it is sized here: `kv_bytes` (see CPU_KV_CACHE_BYTES), at least one max_model_len request."""
+    if device != "cpu":
+        return {"max_memory_percent": 0.8}  # headroom for the vocabulary-sized tensors the sampler makes
+    text_config = model.config.get_text_config()
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
+    token_bytes = 2 * text_config.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
+    tokens = min(max_model_len * max_requests, max(max_model_len, kv_bytes // token_bytes))
+    return {
+        "page_size": CPU_PAGE_SIZE,
+        "num_blocks": math.ceil(tokens / CPU_PAGE_SIZE) + max_requests,  # + each request's part-filled last page
+        "max_batch_tokens": CPU_MAX_BATCH_TOKENS,
+    }
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """How one request picks its next token: Transformers' processors on its row, then a draw or the argmax."""
+
+    processors: Any  # LogitsProcessorList; empty for plain greedy
+    generator: Any  # torch.Generator of this request; None for greedy
+    needs_history: bool  # the processors read the tokens so far (repetition penalty)
+
+
+def _request_sampling(params: GenerationParams, device: Any) -> _Sampling:
+    """GenerationParams -> what `_Sampler` applies for this request, as `generate` would with the same values.
+    Unset values are the neutral ones, so a model's generation_config defaults (often top_k=50 or a temperature)
+    do not leak into what the client asked."""
+    import torch
+    from transformers import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(params, name):
+            raise EngineError("invalid_request", f"the transformers engine does not support {name}", name)
+    processors = LogitsProcessorList()
+    penalised = params.repetition_penalty not in (None, 0, 1.0)  # 0 or None: unset
+    if penalised:
+        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if not params.temperature:  # None (neither request nor spec set one) or 0: greedy, sampling knobs unused
+        return _Sampling(processors, None, penalised)
+    if params.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(params.temperature))
+    if params.top_k and params.top_k > 0:
+        processors.append(TopKLogitsWarper(params.top_k))
+    if params.top_p is not None and params.top_p < 1.0:
+        processors.append(TopPLogitsWarper(params.top_p))
+    if params.min_p:
+        processors.append(MinPLogitsWarper(params.min_p))
+    generator = torch.Generator(device=device)
+    if params.seed is None:
+        generator.seed()  # a fresh nondeterministic seed
+    else:
+        generator.manual_seed(params.seed)
+    return _Sampling(processors, generator, penalised)
+
+
+class _SamplerLogic:
+    """Picks the next token of every request in a batch step, each with its own `_Sampling`.
+
+    Runs on the manager's thread: `prepare_tensor_args` when a step is scheduled (with the requests that get a
+    token, in the order of the logits' rows), then `__call__` with those logits. `requests` is filled and emptied by
+    the engine on the event loop; a request missing from it (cancelled in the meantime) is treated as greedy.
+    """
+
+    supported_kwargs: ClassVar[dict[str, type]] = {}  # takes no add_request keywords: see `requests`
+    ignored_kwargs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self.requests: dict[str, _Sampling] = {}
+        self._rows: list[tuple[_Sampling | None, Any]] = []
+
+    def fill_defaults(self, int32_tensor: Any) -> None:
+        int32_tensor.fill_(0)
+
+    def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> Any:
         import torch
-        from transformers import StoppingCriteriaList
 
-        loaded = run.loaded
-        if torch.get_num_threads() != loaded.threads:
-            # With OpenMP the thread count is per calling thread; start() set it on the loader thread.
-            torch.set_num_threads(loaded.threads)
-        input_ids = torch.tensor([run.prompt_ids], device=loaded.model.device)
-        try:
-            if run.params.seed is not None:
-                # Safe on the global RNG because generations are serialised (see the module docstring).
-                torch.manual_seed(run.params.seed)
-            loaded.model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=run.max_new,
-                min_new_tokens=run.max_new if run.params.ignore_eos else None,
-                pad_token_id=loaded.pad_id,
-                streamer=run.streamer,
-                stopping_criteria=StoppingCriteriaList([_hook_classes()[1](run.stop)]),
-                **generate_kwargs,
-            )
-        except torch.AcceleratorError as exc:
-            # A device-side fault poisons the CUDA context for the life of the process: report unhealthy so
-            # Ray replaces the replica.
-            self._fatal = exc
-            raise
-        finally:
-            run.streamer.close()
+        self._rows = [(self.requests.get(r.state.request_id), r.state) for r in requests_with_new_token]
+        return torch.zeros(len(self._rows), dtype=torch.int32)
 
-
-class _Run:
-    """One generation: the bridge from the worker thread's token ids to the caller's deltas."""
-
-    def __init__(self, loaded: _Loaded, prompt_ids: list[int], max_new: int, params: GenerationParams):
-        self.loaded = loaded
-        self.prompt_ids = prompt_ids
-        self.max_new = max_new
-        self.params = params
-        self.stop = threading.Event()
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.streamer = _hook_classes()[0](asyncio.get_running_loop(), self.queue)
-
-    async def deltas(self, future: asyncio.Future) -> AsyncIterator[Delta]:
-        tokenizer, prompt_tokens = self.loaded.tokenizer, len(self.prompt_ids)
-        matcher = StopMatcher(self.params.stop)
-        generated: list[int] = []
-        emitted = ""  # decoded text already passed to the matcher
-        while (ids := await self.queue.get()) is not _DONE:
-            if matcher.stopped:
-                continue  # tokens generated while the stop request reached the thread
-            generated.extend(ids)
-            text = tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            if text.endswith(_REPLACEMENT):
-                continue  # the middle of a multi-byte character; the next token completes it
-            new, emitted = text[len(emitted) :], text
-            out = matcher.feed(new)
-            if matcher.stopped:
-                self.stop.set()
-            if out:
-                yield Delta(out, prompt_tokens, len(generated))
-        await future  # re-raise what generate raised, if anything
-        # Text still held: a dangling partial character (shown as U+FFFD, as vLLM does) or a partial stop match.
-        tail = tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        rest = "" if matcher.stopped else matcher.feed(tail[len(emitted) :]) + matcher.flush()
-        yield Delta(rest, prompt_tokens, len(generated), self._finish_reason(matcher, generated))
-
-    def _finish_reason(self, matcher: StopMatcher, generated: Sequence[int]) -> FinishReason:
-        if matcher.stopped or (generated and generated[-1] in self.loaded.eos_ids):
-            return "stop"
-        return "length" if len(generated) >= self.max_new else "stop"
-
-
-class _QueueStreamerLogic:
-    """Hands each new token id from the generate thread to the event loop, without blocking the thread."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
-        self._loop = loop
-        self._queue = queue
-        self._prompt_seen = False
-        self._closed = False
-
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:  # generate's first put is the prompt itself
-            self._prompt_seen = True
-            return
-        self._send(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        pass  # close() signals the end, because it also runs when generate raises
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._send(_DONE)
-
-    def _send(self, item: Any) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:
-            pass  # the loop is closed: nobody is listening any more
-
-
-class _EventStopLogic:
-    """Stops generate after the current token once the event is set (stop string found, client gone)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+    def __call__(self, scores: Any, tensor_arg: Any) -> Any:
         import torch
 
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        count = len(self._rows)
+        chosen = scores[:count].argmax(dim=-1)
+        for row, (sampling, state) in enumerate(self._rows):
+            if sampling is None or (sampling.generator is None and not sampling.processors):
+                continue  # plain greedy: the argmax above
+            ids = state.initial_tokens + state.generated_tokens if sampling.needs_history else []
+            history = torch.tensor([ids], dtype=torch.long, device=scores.device)
+            processed = sampling.processors(history, scores[row : row + 1])
+            if sampling.generator is None:
+                chosen[row] = processed.argmax()
+            else:
+                probs = processed.softmax(dim=-1)
+                chosen[row] = torch.multinomial(probs, 1, generator=sampling.generator)[0, 0]
+        picked = scores.clone()
+        picked[:count] = -math.inf
+        picked[torch.arange(count, device=scores.device), chosen] = 0.0
+        return picked
 
 
 @functools.cache
-def _hook_classes() -> tuple[type, type]:
-    """The streamer and stopping criterion as subclasses of Transformers' bases, built on first use so that
-    importing this module does not import transformers."""
-    from transformers import StoppingCriteria
-    from transformers.generation.streamers import BaseStreamer
+def _sampler_class() -> type:
+    """`_SamplerLogic` as a subclass of Transformers' batching processor base, built on first use so that importing
+    this module does not import transformers."""
+    from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingLogitsProcessor
 
-    class QueueStreamer(_QueueStreamerLogic, BaseStreamer):
+    class Sampler(_SamplerLogic, ContinuousBatchingLogitsProcessor):
         pass
 
-    class EventStop(_EventStopLogic, StoppingCriteria):
-        pass
-
-    return QueueStreamer, EventStop
+    return Sampler
 
 
 # -- pure helpers ------------------------------------------------------------------------------------------
@@ -348,6 +443,15 @@ def _load_model(resolved: ResolvedModel, device: str, dtype: str, engine_args: d
         raise RuntimeError(_not_loadable("model", resolved.path_or_id, exc)) from exc
 
 
+def _weights_size(resolved: ResolvedModel) -> str:
+    """ " (513 MB)" for a local folder of weights; "" when the size is not known here (a hub id not yet cached)."""
+    folder = Path(resolved.path_or_id)
+    if not folder.is_dir():
+        return ""
+    size = sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern))
+    return f" ({size / 1e6:.0f} MB)" if size else ""
+
+
 def _not_loadable(what: str, source: str, exc: Exception) -> str:
     return f"cannot load the {what} {source!r}: {exc}{offline_hint(source)}"
 
@@ -363,22 +467,3 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
-
-
-def _sampling_kwargs(params: GenerationParams) -> dict[str, Any]:
-    """GenerationParams -> generate() keyword arguments; every value is explicit so the model's
-    generation_config defaults (often top_k=50 or a temperature) do not leak into what the client asked."""
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(params, name):
-            raise EngineError("invalid_request", f"the transformers engine does not support {name}", name)
-    if not params.temperature:  # None (neither request nor spec set one) or 0: greedy
-        # Sampling knobs are left unset here: greedy ignores them, and setting them makes Transformers warn.
-        return {"do_sample": False, "repetition_penalty": params.repetition_penalty or 1.0}
-    return {
-        "do_sample": True,
-        "temperature": params.temperature,
-        "top_p": params.top_p if params.top_p is not None else 1.0,
-        "top_k": params.top_k if params.top_k and params.top_k > 0 else 0,
-        "min_p": params.min_p or 0.0,
-        "repetition_penalty": params.repetition_penalty or 1.0,
-    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -22,12 +23,14 @@ def test_smollm2_default_spec_knows_the_capital_of_france(tmp_path):
         )
         assert "Paris" in answer.choices[0].message.content
         assert answer.choices[0].finish_reason == "stop"
+        # Not just UPDATING while the model loads: the replica's own steps (each takes seconds here).
+        assert re.search(r"smollm2: UPDATING, (importing torch|loading the weights|warming up)", server.output())
         _dropped_stream_stops_the_generation(server, client)
 
 
 def _dropped_stream_stops_the_generation(server, client):
-    """One replica generates one request at a time. 1900 tokens past EOS would keep SmolLM2 busy for minutes here
-    (~15 tok/s); stopped when the client hangs up, the model is idle again after the token in flight."""
+    """1900 tokens past EOS would keep SmolLM2 busy for minutes here (~10 tok/s); stopped when the client hangs up,
+    the batch drops the request within a step and the model is idle again."""
     hi = [{"role": "user", "content": "Hi"}]
     before = client.chat.completions.create(model="smollm2", max_tokens=5, messages=hi).choices[0].message.content
     body = {"model": "smollm2", "stream": True, "max_tokens": 1900, "ignore_eos": True, "temperature": 1.0, "seed": 1,

@@ -314,10 +314,10 @@ def test_echo_options():
 
 
 def test_transformers_options():
-    dep = one('model = "m"\ndtype = "float32"\ndevice = "cpu"\nthreads = 2\n', "transformers")
-    assert dep.options == TransformersOptions(dtype="float32", device="cpu", threads=2)
+    dep = one('model = "m"\ndtype = "float32"\ndevice = "cpu"\nthreads = 2\nkv_cache_space_gb = 0.5\n', "transformers")
+    assert dep.options == TransformersOptions(dtype="float32", device="cpu", threads=2, kv_cache_space_gb=0.5)
     assert one('model = "m"\n', "transformers").options == TransformersOptions(
-        dtype="auto", device="auto", threads=None
+        dtype="auto", device="auto", threads=None, kv_cache_space_gb=None
     )
 
 
