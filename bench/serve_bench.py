@@ -18,7 +18,8 @@ per round (round 2 starts with the second server...), warms it up, measures each
 it leaves behind are ended. While each load runs, the RSS and PSS of the server's whole process tree are sampled
 (bench/proctree.py says what belongs to a tree).
 
---mode transformers measures aana alone (a Transformers spec) and prints the scaling from c=1 to each concurrency.
+--mode transformers measures aana alone (a Transformers spec) and prints the scaling from c=1 to each concurrency,
+then the same model without a server on static batches (bench/model_scaling.py): the scaling this machine allows.
 
 Prints a markdown table (median [min-max] over all runs of all rounds, the ratios aana/other, the peak memory)
 and one line per server with the machine, its command line, rounds and runs. Progress goes to stderr, server logs
@@ -327,6 +328,11 @@ def main() -> None:
     loads.append(Path("/proc/loadavg").read_text().split()[0])
     if args.mode == "transformers":
         table = scaling_table(measured[AANA], args.concurrency)
+        # The ceiling: the model alone on a static batch, same weights and threads, after the server has stopped.
+        alone = [sys.executable, str(Path(__file__).with_name("model_scaling.py")), "--spec", args.spec, "--model",
+                 args.model, "--max-tokens", str(args.max_tokens), "--concurrency", *map(str, args.concurrency)]  # fmt: skip
+        result = subprocess.run(alone, capture_output=True, text=True, check=False)
+        table += [""] + (result.stdout.strip().splitlines() or [f"model alone: failed: {result.stderr[-500:]}"])
     else:
         table = compare_table(measured, args.concurrency)
     print("\n".join(table + footer(measured, args, (loads[0], loads[1]), time.monotonic() - started)))
