@@ -28,11 +28,12 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from runtime.engines.transformers import torch_threads
     from runtime.plan import load_plan
     from runtime.weights import resolve_weights
 
     plan = next(d for d in load_plan(args.spec).deployments if d.model_id == args.model)
-    threads = plan.options.threads or max(1, int(plan.num_cpus))
+    threads = torch_threads(plan)
     torch.set_num_threads(threads)
     resolved = resolve_weights(plan.source, plan.tokenizer)
     tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_source)

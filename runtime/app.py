@@ -52,12 +52,9 @@ class ModelDeployment(ModelServer):
     """`ModelServer` as Ray Serve runs it: started in the constructor, shut down when Serve removes the replica."""
 
     async def __init__(self, plan: DeploymentPlan):
-        steps = StartupSteps(plan.model_id)
-        ModelServer.__init__(self, plan, on_step=steps)
-        try:
+        with StartupSteps(plan.model_id) as steps:
+            ModelServer.__init__(self, plan, on_step=steps)
             await self.start()
-        finally:
-            steps.done()
 
     async def __del__(self) -> None:
         # Serve awaits this on graceful shutdown: the engine's processes and memory go with the replica.
@@ -127,11 +124,18 @@ def steps_prefix(app: str) -> bytes:
 class StartupSteps:
     """A starting replica's current step (from its engine: "loading the weights ...") in the GCS store, where
     `aana up` reads it (`runtime.cluster.read_progress`) to show more than Serve's UPDATING while a model loads.
-    Called from the engine's loading thread; a store that does not answer costs a log line, never the start."""
+    Called from the engine's loading thread; a store that does not answer costs a log line, never the start. Used as
+    a context manager around the start: the step is cleared however the start ends."""
 
     def __init__(self, model_id: str):
         context = serve.get_replica_context()
         self.key = steps_prefix(context.app_name) + f"{model_id}/{context.replica_id.unique_id}".encode()
+
+    def __enter__(self) -> StartupSteps:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.done()
 
     def __call__(self, message: str) -> None:
         from ray.experimental import internal_kv
@@ -270,12 +274,9 @@ class ModelIngress(_HTTPFront):
         max_body_bytes: int,
         allowed_hosts: tuple[str, ...],
     ):
-        steps = StartupSteps(plan.model_id)
-        self.server = ModelServer(plan, on_step=steps)
-        try:
+        with StartupSteps(plan.model_id) as steps:
+            self.server = ModelServer(plan, on_step=steps)
             await self.server.start()
-        finally:
-            steps.done()
         models: dict[str, ModelClient] = {plan.model_id: self.server}
         card = plan.card()
         self._open_front(app_name, (card,), models, api_key, recording, plan.num_replicas, max_body_bytes,

@@ -163,23 +163,31 @@ def read_progress(app_name: str, started: float) -> Progress:
     app = serve.status().applications.get(app_name)
     if app is None:
         return Progress("NOT_STARTED", time.monotonic() - started, [])
-    steps = _startup_steps(app_name)
     deployments = [
         DeploymentProgress(
             name=name,
             status=_name(d.status),
             replicas={_name(k): v for k, v in (d.replica_states or {}).items()},
             message=d.message or "",
-            **(steps.get(name, {}) if _name(d.status) != "HEALTHY" else {}),
         )
         for name, d in app.deployments.items()
     ]
     return Progress(_name(app.status), time.monotonic() - started, deployments)
 
 
-def _startup_steps(app_name: str) -> dict[str, dict]:
+def _add_startup_steps(progress: Progress, app_name: str) -> Progress:
+    """Each deployment that is not yet healthy gets the start-up step its replicas report, for `aana up` to show
+    (read only while an app deploys: a drain, which polls Serve too, has no use for it)."""
+    steps = _startup_steps(app_name)
+    for d in progress.deployments:
+        if d.status != "HEALTHY" and d.name in steps:
+            d.step, d.step_s = steps[d.name]
+    return progress
+
+
+def _startup_steps(app_name: str) -> dict[str, tuple[str, float]]:
     """Model name -> the latest start-up step any of its starting replicas reported (`runtime.app.StartupSteps`)
-    and how long it has taken so far, as DeploymentProgress fields."""
+    and how long it has taken so far."""
     import json
 
     from ray.exceptions import RayError
@@ -201,13 +209,13 @@ def _startup_steps(app_name: str) -> dict[str, dict]:
     except (RayError, OSError, ValueError, KeyError):
         return {}  # progress without steps is still progress
     now = time.time()
-    return {model: {"step": step, "step_s": max(0.0, now - at)} for model, (at, step) in latest.items()}
+    return {model: (step, max(0.0, now - at)) for model, (at, step) in latest.items()}
 
 
 def wait_until_running(plan: AppPlan, timeout_s: float, on_progress: Callable[[Progress], None]) -> Progress:
     started = time.monotonic()
     while True:
-        progress = read_progress(plan.app_name, started)
+        progress = _add_startup_steps(read_progress(plan.app_name, started), plan.app_name)
         on_progress(progress)
         if progress.app_status == "RUNNING":
             return progress

@@ -111,9 +111,7 @@ class TransformersEngine(Engine):
                 f"cannot tell the context length of {config.source.describe()}; set `max_model_len` in the spec"
             )
         eos_ids = frozenset(_eos_ids(model, tokenizer))
-        # As many threads as the cores Ray reserved for the replica: on a small machine, more threads than that
-        # fight Ray's own processes and the event loop for the cores (measured: slower at c=1 and at c=8).
-        threads = options.threads or max(1, min(int(config.num_cpus), os.cpu_count() or 1))
+        threads = torch_threads(config)
         kv_bytes = int(options.kv_cache_space_gb * (1 << 30)) if options.kv_cache_space_gb else CPU_KV_CACHE_BYTES
         batching = _Batching(model, device, max_model_len, config.max_ongoing_requests, threads, kv_bytes)
         log.info("%s loaded on %s (%s), max_model_len=%d", config.model_id, device, model.dtype, max_model_len)
@@ -401,6 +399,13 @@ def _sampler_class() -> type:
 
 
 # -- pure helpers ------------------------------------------------------------------------------------------
+
+
+def torch_threads(config: Any) -> int:
+    """The batch's torch threads: the spec's `threads`, else as many as the cores Ray reserved for the replica. On a
+    small machine more threads than that fight Ray's own processes and the event loop for the cores (measured: slower
+    at c=1 and at c=8). bench/model_scaling.py uses the same count."""
+    return config.options.threads or max(1, min(int(config.num_cpus), os.cpu_count() or 1))
 
 
 def _pick_device(device: str, num_gpus: float) -> str:

@@ -78,13 +78,17 @@ async def test_max_tokens_gives_length_with_exactly_that_many_tokens(tiny_plan):
             assert deltas[-1].completion_tokens == max_tokens
 
 
+def stop_string_inside(text: str) -> tuple[int, str]:
+    """A three-character stop string that first occurs well inside `text`, and where it first occurs."""
+    start = next(i for i in range(10, len(text) - 3) if text.find(text[i : i + 3]) == i)
+    return start, text[start : start + 3]
+
+
 @run_async
 async def test_stop_string_ends_the_text_right_before_it(tiny_plan):
     async with running(tiny_plan()) as engine:
         full = text_of(await collect(engine, ask("Tell me a story.", max_tokens=40)))
-        # A stop string that first occurs well inside the output.
-        start = next(i for i in range(10, len(full) - 3) if full.find(full[i : i + 3]) == i)
-        stop = full[start : start + 3]
+        start, stop = stop_string_inside(full)
         deltas = await collect(engine, ask("Tell me a story.", max_tokens=40, stop=(stop,)))
     assert text_of(deltas) == full[:start]
     assert deltas[-1].finish_reason == "stop"
@@ -413,8 +417,7 @@ async def test_per_request_sampling_knobs_apply_in_one_batch(tiny_plan):
 async def test_stop_strings_and_max_tokens_hold_per_request_in_one_batch(tiny_plan):
     async with running(tiny_plan()) as engine:
         full = text_of(await collect(engine, ask("Tell me a story.", max_tokens=40)))
-        start = next(i for i in range(10, len(full) - 3) if full.find(full[i : i + 3]) == i)
-        stop = full[start : start + 3]
+        start, stop = stop_string_inside(full)
         stopped, short, plain, ignoring = await asyncio.gather(
             collect(engine, ask("Tell me a story.", max_tokens=40, stop=(stop,))),
             collect(engine, ask("Tell me a story.", max_tokens=7)),
