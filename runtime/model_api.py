@@ -50,6 +50,7 @@ class ModelCard:
     supports: frozenset[str]  # request fields the engine can honour beyond the basic ones
     sampling: Mapping[str, Any]  # the spec's sampling defaults, only those set
     limits: RequestLimits = field(default_factory=RequestLimits)
+    tool_parser: str | None = None  # how tool calls are read from the model's text (tool_choice "auto")
 
 
 class ModelClient(Protocol):

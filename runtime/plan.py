@@ -20,7 +20,7 @@ from runtime.model_api import ModelCard, RequestLimits
 from runtime.sources import ModelSource
 from runtime.spec import DEFAULT_MAX_BODY_MB, AppSpec, Problem, SamplingSpec, SpecError, load_spec
 
-BUNDLED_TEMPLATES = ("llama2", "chatml")
+BUNDLED_TEMPLATES = ("llama2", "chatml", "hermes")
 INGRESS_NUM_CPUS = 0.1
 INGRESS_NAME = "OpenAIIngress"  # the Ray Serve deployment name of the HTTP ingress
 MULTI_INGRESS_MIN_CPUS = 4
@@ -51,6 +51,7 @@ class DeploymentPlan:
     options: EngineOptions  # the engine's own keys of the spec (dtype, device, quantization, ...), typed
     engine_args: dict[str, Any] = field(default_factory=dict)  # the pass-through table, untouched
     limits: RequestLimits = field(default_factory=RequestLimits)
+    tool_parser: str | None = None
 
     @property
     def supports(self) -> frozenset[str]:
@@ -82,6 +83,7 @@ class DeploymentPlan:
             supports=self.supports,
             sampling=self.sampling.model_dump(exclude_none=True),
             limits=self.limits,
+            tool_parser=self.tool_parser,
         )
 
 
@@ -194,6 +196,7 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
                 options=engine.options.model_validate(dep.model_dump(include=set(engine.options.model_fields))),
                 engine_args=dict(dep.engine_args),
                 limits=_limits(dep, spec.server.request_timeout_s),
+                tool_parser=dep.tool_parser,
             )
         )
     if problems:

@@ -141,6 +141,10 @@ class SamplingSpec(_Section):
         return [value] if isinstance(value, str) else value
 
 
+# The tool-call formats runtime.openai.tool_parsers reads (a unit test keeps the two lists equal).
+ToolParserName = Literal["hermes", "llama3_json", "mistral"]
+
+
 class _DeploymentBase(_Section):
     model: str = Field(
         description="Where the weights are: a Hugging Face id (`org/name`), a local directory, a `.gguf` file, or "
@@ -174,8 +178,13 @@ class _DeploymentBase(_Section):
     )
     chat_template: str | None = Field(
         None,
-        description="`model` or unset: the model's own; a bundled name (`llama2`, `chatml`); a file path; or "
-        "inline Jinja text.",
+        description="`model` or unset: the model's own; a bundled name (`llama2`, `chatml`, `hermes`: ChatML with "
+        "tool calling); a file path; or inline Jinja text.",
+    )
+    tool_parser: ToolParserName | None = Field(
+        None,
+        description="How tool calls are read from the model's text for tool_choice `auto` (the model's own format: "
+        "`hermes`, `llama3_json`, `mistral`). Unset: `auto` is a 400; `required` and named tools still work.",
     )
     sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="Default sampling parameters.")
     engine_args: dict[str, Any] = Field(

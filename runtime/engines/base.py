@@ -35,16 +35,32 @@ class GenerationParams:
     n: int = 1  # choices to generate for the one prompt
     # None: no logprobs; 0: the chosen token's logprob only; k: also the k most likely tokens at each position.
     logprobs: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit) pairs
+    structured: StructuredOutput | None = None  # constrained decoding: the text must match this
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on the generated text, enforced token by token (constrained decoding).
+
+    `json_schema` is a JSON Schema as JSON text (already checked by the serving layer); None means any JSON object.
+    """
+
+    json_schema: str | None = None
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     request_id: str
-    messages: tuple[dict[str, str], ...]  # {"role": ..., "content": ...}, content already flattened to text
+    # {"role": ..., "content": ...}, content flattened to text; assistant messages may carry "tool_calls" and tool
+    # messages "tool_call_id", in the shape Hugging Face chat templates read.
+    messages: tuple[dict[str, Any], ...]
     params: GenerationParams = field(default_factory=GenerationParams)
     # True when the client asked for max_tokens itself: then a prompt that leaves less room is an error, as in vLLM;
     # a default max_tokens is clipped to the room left instead.
     max_tokens_requested: bool = False
+    # Function definitions ({"type": "function", "function": {...}}) for the chat template to show the model.
+    tools: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,18 +161,36 @@ def no_chat_template_error(config: Any) -> RuntimeError:
     )
 
 
-def chat_prompt_ids(tokenizer: Any, messages: Any, chat_template: str | None = None) -> list[int]:
-    """Apply a Hugging Face tokenizer's chat template (or `chat_template`) and return the prompt's token ids."""
+def chat_prompt_ids(tokenizer: Any, request: GenerationRequest, chat_template: str | None = None) -> list[int]:
+    """Apply a Hugging Face tokenizer's chat template (or `chat_template`) to the request's messages and tools and
+    return the prompt's token ids."""
     from jinja2 import TemplateError
 
+    template = chat_template or getattr(tokenizer, "chat_template", None) or ""
+    if (request.tools or _has_tool_messages(request.messages)) and "tool" not in template:
+        raise EngineError(
+            "invalid_request",
+            "this model's chat template cannot show tools or tool messages to the model; leave `tools` out, or set "
+            'chat_template = "hermes" (bundled) or a template that renders tools in the spec',
+            "tools",
+        )
     try:
         encoded = tokenizer.apply_chat_template(
-            list(messages), chat_template=chat_template, add_generation_prompt=True, tokenize=True
-        )
+            list(request.messages), tools=list(request.tools) or None, chat_template=chat_template,
+            add_generation_prompt=True, tokenize=True,
+        )  # fmt: skip
     except TemplateError as exc:  # templates raise on what they cannot render, e.g. roles out of order
         raise EngineError("invalid_request", f"the chat template rejected the messages: {exc}", "messages") from exc
+    except (TypeError, ValueError) as exc:  # e.g. a template that adds a message's None content to a string
+        raise EngineError(
+            "invalid_request", f"the chat template could not render the messages: {exc}", "messages"
+        ) from exc
     ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded  # Transformers 5 returns a BatchEncoding
     return list(ids)
+
+
+def _has_tool_messages(messages: Any) -> bool:
+    return any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
 
 
 def _ignore_step(message: str) -> None:

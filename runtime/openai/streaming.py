@@ -23,11 +23,16 @@ from runtime.openai.protocol import (
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
+    DeltaFunctionCall,
     DeltaMessage,
+    DeltaToolCall,
+    FunctionCall,
     ResponseMessage,
+    ToolCall,
     TopLogprob,
     Usage,
 )
+from runtime.openai.tools import CallArguments, CallStart, Content, ToolEvent, ToolUse
 
 DONE = "data: [DONE]\n\n"
 _SLOT = "\u0000slot\u0000"  # stands for the text while a chunk's fixed text is built; no JSON string encodes to it
@@ -70,8 +75,8 @@ class ChunkWriter:
             id=self.ids.id, created=self.ids.created, model=self.ids.model, choices=choices, usage=usage
         )
         data = chunk.model_dump(exclude={"usage"} if not self.include_usage else set())
-        for choice in data["choices"]:
-            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+        for choice, model in zip(data["choices"], choices, strict=True):
+            choice["delta"] = model.delta.model_dump(exclude_none=True)
         return sse(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
     def role(self, index: int = 0) -> str:
@@ -83,6 +88,15 @@ class ChunkWriter:
             return f"{before_index}{index}{after_index}{json.dumps(text, ensure_ascii=False)}{tail}"
         wire = choice_logprobs(logprobs)
         return self._chunk([ChunkChoice(index=index, delta=DeltaMessage(content=text), logprobs=wire)])
+
+    def tool_event(self, event: CallStart | CallArguments, index: int = 0) -> str:
+        """A tool call's first chunk (its index, id, type and name, empty arguments) or its next arguments."""
+        if isinstance(event, CallStart):
+            call = DeltaToolCall(index=event.index, id=event.id, type="function",
+                                 function=DeltaFunctionCall(name=event.name, arguments=""))  # fmt: skip
+        else:
+            call = DeltaToolCall(index=event.index, function=DeltaFunctionCall(arguments=event.text))
+        return self._chunk([ChunkChoice(index=index, delta=DeltaMessage(tool_calls=[call]))])
 
     def finish(self, reason: str, index: int = 0) -> str:
         return self._chunk([ChunkChoice(index=index, delta=DeltaMessage(), finish_reason=reason)])
@@ -108,8 +122,9 @@ class _ChoiceState:
 class _Tally:
     """Per-choice progress of one response; deltas of a choice that already finished are ignored."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, tools: ToolUse | None = None):
         self.choices = [_ChoiceState() for _ in range(n)]
+        self.readers = [tools.reader() if tools else None for _ in range(n)]
         self.prompt_tokens = 0
 
     def add(self, delta: Delta) -> bool:
@@ -131,12 +146,35 @@ class _Tally:
     def usage(self) -> Usage:
         return _usage(self.prompt_tokens, sum(state.completion_tokens for state in self.choices))
 
+    def events(self, delta: Delta) -> list[ToolEvent]:
+        """What a delta's text says: itself as content, or, with tools, content and tool calls so far."""
+        reader = self.readers[delta.index]
+        if reader is None:
+            return [Content(delta.text)] if delta.text else []
+        events = reader.feed(delta.text)
+        return events + reader.finish() if delta.finish_reason else events
 
-async def stream_events(items: AsyncIterator[StreamItem], writer: ChunkWriter, n: int = 1) -> AsyncIterator[str]:
-    """The SSE text of one response with `n` choices. `items` may start with an item the caller already read."""
+    def finish_reason(self, index: int) -> str:
+        """A choice that ended by itself after calling tools ends with "tool_calls", as OpenAI's do."""
+        reason, reader = self.choices[index].finish_reason, self.readers[index]
+        return "tool_calls" if reason == "stop" and reader is not None and reader.calls else reason or "stop"
+
+    def message(self, index: int) -> ResponseMessage:
+        reader = self.readers[index]
+        if reader is None:
+            return ResponseMessage(content="".join(self.choices[index].parts))
+        calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in reader.calls]
+        return ResponseMessage(content=reader.content or (None if calls else ""), tool_calls=calls or None)
+
+
+async def stream_events(
+    items: AsyncIterator[StreamItem], writer: ChunkWriter, n: int = 1, tools: ToolUse | None = None
+) -> AsyncIterator[str]:
+    """The SSE text of one response with `n` choices. `items` may start with an item the caller already read.
+    `tools`: the request's tool use, whose reader turns each choice's text into content and tool-call chunks."""
     for index in range(n):
         yield writer.role(index)
-    tally = _Tally(n)
+    tally = _Tally(n, tools)
     async for item in items:
         if isinstance(item, StreamError):
             yield error_event(APIError.from_stream_error(item))
@@ -144,10 +182,17 @@ async def stream_events(items: AsyncIterator[StreamItem], writer: ChunkWriter, n
             return
         if not tally.add(item):
             continue
-        if item.text or item.logprobs:
-            yield writer.content(item.text, item.index, item.logprobs)
+        logprobs = item.logprobs  # sent with the delta's first content chunk, or alone
+        for event in tally.events(item):
+            if isinstance(event, Content):
+                yield writer.content(event.text, item.index, logprobs)
+                logprobs = ()
+            else:
+                yield writer.tool_event(event, item.index)
+        if logprobs:
+            yield writer.content("", item.index, logprobs)
         if item.finish_reason:
-            yield writer.finish(item.finish_reason, item.index)
+            yield writer.finish(tally.finish_reason(item.index), item.index)
             if tally.finished:
                 break
     if not tally.finished:
@@ -161,14 +206,16 @@ async def stream_events(items: AsyncIterator[StreamItem], writer: ChunkWriter, n
 
 
 async def collect(
-    items: AsyncIterator[StreamItem], ids: ResponseIds, n: int = 1, logprobs: bool = False
-) -> ChatCompletion:
+    items: AsyncIterator[StreamItem], ids: ResponseIds, n: int = 1, logprobs: bool = False,
+    tools: ToolUse | None = None,
+) -> ChatCompletion:  # fmt: skip
     """The non-streaming response; a StreamError anywhere becomes an APIError (nothing was sent yet)."""
-    tally = _Tally(n)
+    tally = _Tally(n, tools)
     async for item in items:
         if isinstance(item, StreamError):
             raise APIError.from_stream_error(item)
-        tally.add(item)
+        if tally.add(item):
+            tally.events(item)  # with tools, the reader reads the text as it comes
         if tally.finished:
             break
     if not tally.finished:
@@ -176,9 +223,9 @@ async def collect(
     choices = [
         Choice(
             index=index,
-            message=ResponseMessage(content="".join(state.parts)),
+            message=tally.message(index),
             logprobs=choice_logprobs(state.logprobs) if logprobs else None,
-            finish_reason=state.finish_reason,
+            finish_reason=tally.finish_reason(index),
         )
         for index, state in enumerate(tally.choices)
     ]

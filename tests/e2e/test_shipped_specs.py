@@ -8,6 +8,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from e2e.openai_checks import (
+    check_choices_and_logprobs,
+    check_json_object,
+    check_json_schema,
+    check_named_tool_round_trip,
+)
 from e2e.server import free_port, model_load, run_aana, serving, wait_until_idle
 
 pytestmark = pytest.mark.e2e
@@ -26,6 +32,8 @@ def test_smollm2_default_spec_knows_the_capital_of_france(tmp_path):
         # Not just UPDATING while the model loads: the replica's own steps (each takes seconds here).
         assert re.search(r"smollm2: UPDATING, (importing torch|loading the weights|warming up)", server.output())
         _dropped_stream_stops_the_generation(server, client)
+        for check in (check_json_schema, check_json_object, check_named_tool_round_trip, check_choices_and_logprobs):
+            check(client, "smollm2")
 
 
 def _dropped_stream_stops_the_generation(server, client):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 from dataclasses import replace
 from typing import Any
 
 from runtime.engines.base import Delta, GenerationParams, GenerationRequest
 from runtime.engines.registry import ENGINES
+from runtime.engines.transformers import TransformersEngine
 from runtime.plan import DeploymentPlan, ModelSource
 from runtime.spec import SamplingSpec
 
@@ -52,3 +56,23 @@ def assert_streams_then_finishes(deltas: list[Delta], max_tokens: int) -> None:
     assert counts == sorted(counts) and counts[0] >= 1
     assert deltas[-1].completion_tokens == max_tokens
     assert len(text_of(deltas)) >= max_tokens
+
+
+def run_async(test):
+    """Run an async test in a fresh event loop (pytest-asyncio is not a dependency)."""
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+@contextlib.asynccontextmanager
+async def running(plan):
+    engine = TransformersEngine(plan)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.shutdown()

@@ -8,36 +8,14 @@ varied by construction (see tests/tiny_model.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import importlib.util
 
 import pytest
-from engine.helpers import ask, assert_streams_then_finishes, collect, text_of
+from engine.helpers import ask, assert_streams_then_finishes, collect, run_async, running, text_of
 
 from runtime.engines.base import EngineError, GenerationParams, GenerationRequest
 from runtime.engines.transformers import TransformersEngine
 from runtime.plan import ModelSource
-
-
-def run_async(test):
-    """Run an async test in a fresh event loop (pytest-asyncio is not a dependency)."""
-
-    @functools.wraps(test)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(test(*args, **kwargs))
-
-    return wrapper
-
-
-@contextlib.asynccontextmanager
-async def running(plan):
-    engine = TransformersEngine(plan)
-    await engine.start()
-    try:
-        yield engine
-    finally:
-        await engine.shutdown()
 
 
 def prompt_ids(engine: TransformersEngine, content: str) -> list[int]:
@@ -225,14 +203,6 @@ async def test_cpu_kv_cache_follows_kv_cache_space_gb_but_always_fits_one_full_r
     assert [r[-1].completion_tokens for r in results] == [40] * 4
 
 
-@run_async
-async def test_unsupported_penalty_is_refused_not_dropped(tiny_plan):
-    async with running(tiny_plan()) as engine:
-        with pytest.raises(EngineError) as caught:
-            await collect(engine, ask("Hi", max_tokens=5, presence_penalty=0.5))
-    assert caught.value.kind == "invalid_request" and caught.value.param == "presence_penalty"
-
-
 def count_forwards(engine: TransformersEngine) -> list[int]:
     """A counter of model forward passes (one per batch step, a token for each request in it), read as counter[0]."""
     counter = [0]
@@ -286,7 +256,7 @@ async def test_multibyte_characters_split_over_tokens_are_never_streamed_in_halv
     from transformers.generation.continuous_batching import RequestStatus
     from transformers.generation.continuous_batching.requests import GenerationOutput
 
-    from runtime.engines.transformers_stream import RequestStream, TextTracker
+    from runtime.engines.transformers_stream import ChoiceGroup, RequestStream, TextTracker
 
     text = "café ☕ 猫 ok"
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -300,7 +270,7 @@ async def test_multibyte_characters_split_over_tokens_are_never_streamed_in_halv
     # The whole stream, with the batch's report of the finished request.
     stream = RequestStream(TextTracker(tokenizer, ()), prompt_tokens=1, max_new=len(ids), eos_ids=frozenset())
     stream.put(GenerationOutput("r", [0], list(ids), status=RequestStatus.FINISHED))
-    deltas = [d async for d in stream.deltas()]
+    deltas = [d async for d in ChoiceGroup([stream]).deltas()]
     assert text_of(deltas) == text
     assert deltas[-1].completion_tokens == len(ids) and deltas[-1].finish_reason == "length"
 

@@ -31,6 +31,8 @@ from engine.helpers import ask, assert_streams_then_finishes, collect, make_plan
 from runtime.engines.base import (
     Delta,
     EngineError,
+    GenerationRequest,
+    StructuredOutput,
     chat_prompt_ids,
 )
 from runtime.engines.vllm import VLLMEngine
@@ -186,6 +188,36 @@ def test_a_parameter_vllm_rejects_is_an_invalid_request_naming_it(engine, loop):
     assert "top_p must be in (0, 1]" in caught.value.message
 
 
+def test_logit_bias_makes_a_token_win_and_out_of_vocab_ids_are_refused(engine, loop, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    token_id = tokenizer("x", add_special_tokens=False)["input_ids"][0]
+    deltas = loop.run(collect(engine, ask("Hi", max_tokens=5, temperature=0, logit_bias=((token_id, 100.0),))))
+    assert text_of(deltas) == tokenizer.decode([token_id] * 5)
+    with pytest.raises(EngineError) as caught:
+        loop.run(collect(engine, ask("Hi", max_tokens=5, logit_bias=((10**6, 5.0),))))
+    assert caught.value.kind == "invalid_request" and caught.value.param == "logit_bias"
+
+
+def test_json_schema_output_parses_and_validates(engine, loop):
+    import json
+
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"color": {"enum": ["red", "green"]}, "tags": {"type": "array", "items": {"enum": ["x", "y"]},
+                       "maxItems": 2}, "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["color", "tags", "n"],
+        "additionalProperties": False,
+    }  # fmt: skip
+    structured = StructuredOutput(json.dumps(schema))
+    deltas = loop.run(collect(engine, ask("Hi", max_tokens=200, temperature=0, structured=structured)))
+    jsonschema.validate(json.loads(text_of(deltas)), schema)
+    assert deltas[-1].finish_reason == "stop"
+
+
 def test_concurrent_requests_each_get_their_own_intact_text(engine, loop):
     prompts = ["Tell me a story.", "What is the weather like in Berlin?", "Numbers, please"]
     sequential = [text_of(loop.run(collect(engine, ask(p, max_tokens=25)))) for p in prompts]
@@ -322,9 +354,9 @@ def test_spec_chat_template_replaces_the_models_own(tiny_model_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    messages = [{"role": "user", "content": "Hello"}]
-    assert chat_prompt_ids(tokenizer, messages, template) == tokenizer("Hello")["input_ids"]
-    assert chat_prompt_ids(tokenizer, messages, None) == reference_prompt_ids(tiny_model_dir, "Hello")
+    request = GenerationRequest("r", ({"role": "user", "content": "Hello"},))
+    assert chat_prompt_ids(tokenizer, request, template) == tokenizer("Hello")["input_ids"]
+    assert chat_prompt_ids(tokenizer, request, None) == reference_prompt_ids(tiny_model_dir, "Hello")
 
 
 def test_a_template_that_rejects_the_messages_is_an_invalid_request(tiny_model_dir):
@@ -333,7 +365,7 @@ def test_a_template_that_rejects_the_messages_is_an_invalid_request(tiny_model_d
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     template = "{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first') }}{% endif %}"
     with pytest.raises(EngineError) as caught:
-        chat_prompt_ids(tokenizer, [{"role": "user", "content": "Hi"}], template)
+        chat_prompt_ids(tokenizer, GenerationRequest("r", ({"role": "user", "content": "Hi"},)), template)
     assert caught.value.kind == "invalid_request" and "system first" in caught.value.message
 
 

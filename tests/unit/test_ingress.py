@@ -140,9 +140,16 @@ def test_unknown_model_is_404_listing_valid_ids(client):
         ({"n": 0}, "n", "greater than or equal to 1"),
         ({"top_logprobs": 2}, "top_logprobs", "requires `logprobs` to be true"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "less than or equal to 20"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
-        ({"logit_bias": {"50256": -100}}, "logit_bias", "not supported"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "text"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice", "needs a tool-call parser"),
+        ({"tool_choice": "required"}, "tool_choice", "needs `tools`"),
+        ({"logit_bias": {"abc": -100}}, "logit_bias", "token ids"),
+        ({"logit_bias": {"5": 101}}, "logit_bias", "[-100, 100]"),
+        ({"response_format": {"type": "xml"}}, "response_format", "response_format"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}},
+            "response_format.json_schema.schema",
+            "'not'",
+        ),
         ({"stream_options": {"include_usage": True}}, "stream_options", "stream=true"),
     ],
 )
@@ -458,24 +465,16 @@ model = "org/tiny"
 """
 
 
-@pytest.mark.parametrize(
-    "body, param, words",
-    [
-        ({"n": 2}, "n", "n=1"),
-        ({"logprobs": True}, "logprobs", "not supported by the transformers engine"),
-        ({"logprobs": True, "top_logprobs": 2}, "logprobs", "not supported by the transformers engine"),
-    ],
-)
-def test_an_engine_without_choices_or_logprobs_rejects_them_with_a_400(body, param, words):
-    # The card says transformers (pure: no weights, no torch); an echo replica stands in for the model, and the
-    # request is refused before it reaches it.
+def test_the_transformers_engine_gets_choices_logprobs_bias_and_penalties():
+    # The card says transformers (pure: no weights, no torch); an echo replica stands in for the model and records
+    # what reached it.
     stand_in = _servers()["echo"]
     client = TestClient(create_app({"hf": stand_in}, build_plan(parse_spec(TRANSFORMERS_SPEC)).cards))
-    error = _error(_chat(client, model="hf", **body), 400)
-    assert error["param"] == param and words in error["message"]
-    assert stand_in.engine.history == []
-    assert _chat(client, model="hf", n=1, logprobs=False).status_code == 200
-    assert len(stand_in.engine.history) == 1
+    body = {"n": 2, "logprobs": True, "top_logprobs": 2, "logit_bias": {"7": -5}, "presence_penalty": 0.5}
+    assert _chat(client, model="hf", **body).status_code == 200
+    [request] = stand_in.engine.history
+    params = request.params
+    assert (params.n, params.logprobs, params.logit_bias, params.presence_penalty) == (2, 2, ((7, -5.0),), 0.5)
 
 
 # ---------------------------------------------------------------------------------------------------------------

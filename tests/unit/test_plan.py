@@ -3,6 +3,7 @@ folder. No Ray and no engine library is needed to build or check a plan."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import textwrap
 from importlib import resources
@@ -418,7 +419,10 @@ def test_no_local_path_problems_for_hub_and_echo():
     assert local_path_problems(plan) == []
 
 
-def test_sampling_default_the_engine_cannot_honour_is_a_spec_error():
+def test_sampling_default_the_engine_cannot_honour_is_a_spec_error(monkeypatch):
+    # Every engine honours every sampling key today: an engine entry that does not stands in for a future one.
+    limited = dataclasses.replace(ENGINES["transformers"], supports=frozenset({"temperature"}))
+    monkeypatch.setitem(ENGINES, "transformers", limited)
     spec = parse_spec(
         'name = "a"\n[deployments.m]\nengine = "transformers"\nmodel = "org/m"\n'
         "[deployments.m.sampling]\npresence_penalty = 0.5\n"
