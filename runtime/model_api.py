@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from runtime.engines.base import Delta, GenerationRequest, StreamError
+from runtime.engines.base import Delta, EmbeddingRequest, EmbeddingResult, GenerationRequest, StreamError
 
 StreamItem = Delta | StreamError
 
@@ -51,6 +51,7 @@ class ModelCard:
     sampling: Mapping[str, Any]  # the spec's sampling defaults, only those set
     limits: RequestLimits = field(default_factory=RequestLimits)
     tool_parser: str | None = None  # how tool calls are read from the model's text (tool_choice "auto")
+    task: str = "generate"  # "generate" (chat and completions) or "embed" (embeddings)
 
 
 class ModelClient(Protocol):
@@ -58,6 +59,9 @@ class ModelClient(Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         """The model's items for one request; closing the iterator early must stop the generation."""
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult | StreamError:
+        """The request's vectors, or why not (a failure as data, as in a stream)."""
 
     async def health(self) -> ModelHealth:
         """Whether the model can serve now, and its load."""

@@ -17,7 +17,15 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
-from runtime.engines.base import Delta, Engine, EngineError, GenerationRequest, StreamError
+from runtime.engines.base import (
+    Delta,
+    EmbeddingRequest,
+    EmbeddingResult,
+    Engine,
+    EngineError,
+    GenerationRequest,
+    StreamError,
+)
 from runtime.engines.registry import load_engine_class
 from runtime.model_api import ModelHealth, StreamItem
 from runtime.plan import DeploymentPlan
@@ -69,6 +77,25 @@ class ModelServer:
         finally:
             self._slots.release()
             await generator.aclose()
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult | StreamError:
+        """The engine's vectors for one request, or its failure as data (the same boundary as `generate`)."""
+        self.queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.queued -= 1
+        try:
+            return await self.engine.embed(request)
+        except EngineError as exc:
+            return exc.as_stream_error()
+        except Exception as exc:  # the replica boundary
+            logger.exception("embedding failed for %s (request %s)", self.plan.model_id, request.request_id)
+            return StreamError(
+                "internal", f"model {self.plan.model_id} failed ({type(exc).__name__}); see the server log"
+            )
+        finally:
+            self._slots.release()
 
     async def check_health(self) -> None:
         """Raise when the engine can no longer serve (Ray then replaces the replica)."""

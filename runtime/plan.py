@@ -84,6 +84,7 @@ class DeploymentPlan:
             sampling=self.sampling.model_dump(exclude_none=True),
             limits=self.limits,
             tool_parser=self.tool_parser,
+            task=ENGINES[self.engine].task,
         )
 
 

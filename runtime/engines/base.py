@@ -61,6 +61,27 @@ class GenerationRequest:
     max_tokens_requested: bool = False
     # Function definitions ({"type": "function", "function": {...}}) for the chat template to show the model.
     tools: tuple[dict[str, Any], ...] = ()
+    # A raw prompt (/v1/completions): text, tokenized as is, or token ids. When set, `messages` is empty and no chat
+    # template is applied.
+    prompt: str | tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """Inputs to embed in one request: each a text or a list of token ids (the model's own vocabulary)."""
+
+    request_id: str
+    inputs: tuple[str | tuple[int, ...], ...]
+    dimensions: int | None = None  # truncate each vector to this size (Matryoshka models); None: the model's own
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """One vector per input, in input order, each as little-endian float32 bytes (compact across Ray; the wire
+    writes floats or base64 from them without a copy through Python floats), and the tokens the inputs took."""
+
+    vectors: tuple[bytes, ...]
+    prompt_tokens: int
 
 
 @dataclass(frozen=True)
@@ -161,6 +182,33 @@ def no_chat_template_error(config: Any) -> RuntimeError:
     )
 
 
+def request_prompt_ids(
+    tokenizer: Any, request: GenerationRequest, chat_template: str | None = None, vocab_size: int | None = None
+) -> list[int]:
+    """The prompt's token ids: a raw prompt's (text tokenized as is, or ids checked against `vocab_size`), else the
+    chat template (the tokenizer's own or `chat_template`) applied to the messages and tools."""
+    if request.prompt is None:
+        return chat_prompt_ids(tokenizer, request, chat_template)
+    if isinstance(request.prompt, str):
+        return list(tokenizer(request.prompt, add_special_tokens=True)["input_ids"])
+    ids = list(request.prompt)
+    check_token_ids(ids, vocab_size or len(tokenizer), "prompt")
+    return ids
+
+
+def check_token_ids(ids: Any, vocab_size: int, param: str) -> None:
+    """Token ids sent by a client must be in the model's vocabulary (an id past it would index out of bounds)."""
+    outside = [i for i in ids if not 0 <= i < vocab_size]
+    if outside:
+        raise EngineError(
+            "invalid_request",
+            f"{param} holds token ids outside this model's vocabulary (0..{vocab_size - 1}): {outside[:5]}",
+            param,
+        )
+    if not ids:
+        raise EngineError("invalid_request", f"{param} is empty; send at least one token", param)
+
+
 def chat_prompt_ids(tokenizer: Any, request: GenerationRequest, chat_template: str | None = None) -> list[int]:
     """Apply a Hugging Face tokenizer's chat template (or `chat_template`) to the request's messages and tools and
     return the prompt's token ids."""
@@ -214,11 +262,16 @@ class Engine(abc.ABC):
     async def start(self) -> None:
         """Load the model. Raise with a clear message when it cannot be loaded."""
 
-    @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Yield deltas of every choice (interleaved, in any order across choices); each choice's last delta has a
         finish_reason and the iterator ends once every choice has finished. Closing it early must stop the
-        generation."""
+        generation. Text-generating engines implement it; an embedding engine does not."""
+        raise EngineError("invalid_request", f"model {self.config.model_id} does not generate text", "model")
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """One vector per input, in order. Embedding engines implement it; raise EngineError for bad inputs (too
+        long, token ids outside the vocabulary, a `dimensions` the model cannot give)."""
+        raise EngineError("invalid_request", f"model {self.config.model_id} does not make embeddings", "model")
 
     async def check_health(self) -> None:  # noqa: B027 - optional: an engine that cannot fail need not override it
         """Raise when the engine can no longer serve; Ray then replaces the replica."""

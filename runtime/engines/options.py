@@ -60,3 +60,18 @@ class VLLMOptions(EngineOptions):
 
 class EchoOptions(EngineOptions):
     token_delay_s: float = Field(0.0, ge=0, description="Pause before each streamed token, to mimic a real model.")
+
+
+class SentenceTransformersOptions(EngineOptions):
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when the replica has a GPU.")
+    threads: int | None = Field(
+        None, ge=1, description="Torch threads per replica (default: the replica's num_cpus, at least 1)."
+    )
+    max_batch_size: int = Field(
+        32, ge=1, description="Most inputs encoded in one forward pass; concurrent requests share a batch."
+    )
+    matryoshka_dimensions: list[int] | None = Field(
+        None,
+        description="Sizes the model was trained to be truncated to (Matryoshka); a request's `dimensions` must be "
+        "one of them. Unset: only the model's own size.",
+    )

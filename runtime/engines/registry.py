@@ -13,9 +13,18 @@ import importlib
 import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from runtime.engines.options import EchoOptions, EngineOptions, TransformersOptions, VLLMOptions
+from runtime.engines.options import (
+    EchoOptions,
+    EngineOptions,
+    SentenceTransformersOptions,
+    TransformersOptions,
+    VLLMOptions,
+)
+
+# What a model does: "generate" serves /v1/chat/completions and /v1/completions, "embed" serves /v1/embeddings.
+Task = Literal["generate", "embed"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,7 @@ class EngineInfo:
     default_model: str | None = None  # None: the spec must name a model
     # "module:function" taking the pass-through engine_args and returning problems (called only when installed).
     check_args: str | None = None
+    task: Task = "generate"
 
 
 _BASIC = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed"})
@@ -74,6 +84,17 @@ ENGINES: dict[str, EngineInfo] = {
         install_hint="",
         supports=_BASIC | _CHOICES_AND_LOGPROBS | _PENALTIES | _CONSTRAINTS,
         default_model="echo",
+    ),
+    "sentence_transformers": EngineInfo(
+        name="sentence_transformers",
+        description="Embedding models with sentence-transformers (/v1/embeddings), on CPU or GPU.",
+        module="runtime.engines.sentence_transformers",
+        class_name="SentenceTransformersEngine",
+        options=SentenceTransformersOptions,
+        requires=("torch", "sentence_transformers"),
+        install_hint="pip install torch==2.13.0 'sentence-transformers>=6,<7'",
+        supports=frozenset(),
+        task="embed",
     ),
 }
 

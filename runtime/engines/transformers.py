@@ -37,9 +37,9 @@ from runtime.engines.base import (
     EngineError,
     GenerationParams,
     GenerationRequest,
-    chat_prompt_ids,
     completion_budget,
     no_chat_template_error,
+    request_prompt_ids,
 )
 from runtime.engines.transformers_sampling import Grammars, RequestSampling, request_sampling, sampler_class
 from runtime.engines.transformers_stream import ChoiceGroup, GenerationFailed, RequestStream, TextTracker
@@ -163,7 +163,7 @@ class TransformersEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         loaded = self._ready()
         params = request.params
-        prompt_ids = chat_prompt_ids(loaded.tokenizer, request)
+        prompt_ids = request_prompt_ids(loaded.tokenizer, request, vocab_size=loaded.vocab_size)
         max_new = completion_budget(len(prompt_ids), params.max_tokens, request.max_tokens_requested,
                                      loaded.max_model_len)  # fmt: skip
         eos_ids = frozenset() if params.ignore_eos else loaded.eos_ids

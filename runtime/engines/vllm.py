@@ -35,9 +35,9 @@ from runtime.engines.base import (
     EngineError,
     GenerationParams,
     GenerationRequest,
-    chat_prompt_ids,
     completion_budget,
     no_chat_template_error,
+    request_prompt_ids,
 )
 from runtime.engines.vllm_args import (
     CPU_ENV_KEYS,
@@ -74,6 +74,7 @@ class VLLMEngine(Engine):
         self._tokenizer: Any = None
         self._chat_template: str | None = None
         self._max_model_len: int | None = None
+        self._vocab_size: int | None = None
         self._failures: _FailureLog | None = None
         self._stats: _SchedulerStats | None = None
 
@@ -105,6 +106,7 @@ class VLLMEngine(Engine):
             raise
         self._tokenizer = self._llm.get_tokenizer()
         self._max_model_len = self._llm.model_config.max_model_len
+        self._vocab_size = self._llm.model_config.get_vocab_size()
         self._chat_template = config.chat_template
         if self._chat_template is None and not getattr(self._tokenizer, "chat_template", None):
             await self.shutdown()
@@ -174,7 +176,7 @@ class VLLMEngine(Engine):
         from vllm.inputs import tokens_input
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        prompt_ids = chat_prompt_ids(self._tokenizer, request, self._chat_template)
+        prompt_ids = request_prompt_ids(self._tokenizer, request, self._chat_template, self._vocab_size)
         max_tokens = completion_budget(len(prompt_ids), request.params.max_tokens, request.max_tokens_requested,
                                         self._max_model_len)  # fmt: skip
         params = request.params

@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect
 from runtime.model_api import ModelCard, ModelClient
 from runtime.openai.errors import APIError, from_validation_errors
 from runtime.openai.metering import Meter, OnRecord
+from runtime.openai.responses import Responses
 from runtime.openai.service import Admission, ChatCompletions, Exchange, Reply, health_report, model_list
 from runtime.plan import ANY_HOST, DEFAULT_MAX_BODY_BYTES
 from runtime.records import CLIENT_CLOSED
@@ -162,6 +163,11 @@ def create_app(
     async def chat_completions(request: Request, exchange: Exchange = Depends(admitted)) -> Response:
         return await respond(exchange, chat.create(json_body(request, max_body_bytes), exchange))
 
+    responses = Responses(chat)
+
+    async def responses_route(request: Request, exchange: Exchange = Depends(admitted)) -> Response:
+        return await respond(exchange, responses.create(json_body(request, max_body_bytes), exchange))
+
     def models_route() -> dict[str, Any]:
         return model_list(cards, created)
 
@@ -172,6 +178,7 @@ def create_app(
     for prefix in ("/v1", ""):
         app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"], dependencies=authorized)
         app.add_api_route(f"{prefix}/models", models_route, methods=["GET"], dependencies=authorized)
+        app.add_api_route(f"{prefix}/responses", responses_route, methods=["POST"], dependencies=authorized)
 
     async def live() -> dict[str, str]:  # liveness: this process answers; it asks no model
         return {"status": "alive"}

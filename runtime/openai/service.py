@@ -19,25 +19,26 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from runtime.engines.base import StreamError
+from runtime.engines.base import GenerationRequest, StreamError
 from runtime.model_api import ModelCard, ModelClient, ModelHealth, StreamItem
 from runtime.openai.convert import to_generation_request
 from runtime.openai.errors import APIError, from_validation_errors
 from runtime.openai.metering import Meter, model_label
-from runtime.openai.protocol import ChatCompletion, ChatCompletionRequest, ModelList
+from runtime.openai.protocol import ChatCompletionRequest, ModelList
 from runtime.openai.protocol import ModelCard as WireModelCard
 from runtime.openai.streaming import ChunkWriter, ResponseIds, collect, stream_events
-from runtime.openai.tools import plan_tools
+from runtime.openai.tools import ToolUse, plan_tools
 
 
 @dataclass(frozen=True)
 class Reply:
-    """A chat completion ready to send: `completion` for a whole response, `events` (SSE text) for a stream."""
+    """An answer ready to send: `completion` for a whole response (any wire model), `events` (SSE text) for a
+    stream."""
 
     request_id: str
-    completion: ChatCompletion | None = None
+    completion: BaseModel | None = None
     events: AsyncIterator[str] | None = None
     # Closes the model's stream (idempotent): for a response that is never sent, e.g. the client left first.
     release: Callable[[], Awaitable[None]] | None = None
@@ -128,7 +129,8 @@ class ChatCompletions:
         self.cards = {card.id: card for card in cards}
         self.gates = {card.id: ModelGate(card.id, max(1, card.limits.capacity // share)) for card in cards}
 
-    def card(self, model: str) -> ModelCard:
+    def card(self, model: str, task: str | None = None) -> ModelCard:
+        """The model's card; 404 when there is no such model, 400 when it does not do `task`."""
         card = self.cards.get(model)
         if card is None:
             raise APIError(
@@ -137,35 +139,65 @@ class ChatCompletions:
                 param="model",
                 code="model_not_found",
             )
+        if task is not None and card.task != task:
+            raise APIError(400, _wrong_task(card, task), param="model", code="model_task_mismatch")
         return card
 
     async def create(self, read_body: Callable[[], Awaitable[bytes]], exchange: Exchange) -> Reply:
-        meter = exchange.meter
         body = parse_chat_request(await read_body())
+        started = await self.start(body, exchange)
+        params, tools = started.generation.params, started.tools
+        logprobs = params.logprobs is not None
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = stream_events(started.items, ChunkWriter(started.ids, include_usage, logprobs), params.n, tools)
+            return Reply(started.ids.id, events=events, release=started.release)
+        completion = await collect(started.items, started.ids, params.n, logprobs, tools)
+        return Reply(started.ids.id, completion=completion)
+
+    async def start(self, body: ChatCompletionRequest, exchange: Exchange, id_prefix: str = "chatcmpl-") -> Started:
+        """Admit a parsed chat request to its model and read the model's first item: what `create` and the Responses
+        API (which speaks chat underneath) share. Raises APIError for anything wrong before the first token."""
+        meter = exchange.meter
         meter.model, meter.stream = model_label(body.model), bool(body.stream)
         if body.stream_options is not None and not body.stream:
             raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
-        card = self.card(body.model)
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        card = self.card(body.model, "generate")
+        request_id = f"{id_prefix}{uuid.uuid4().hex}"
         meter.request_id = request_id
         tools = plan_tools(body, card)
         generation = to_generation_request(body, request_id, card, tools)
-        params = generation.params
-        meter.choices = params.n
+        meter.choices = generation.params.n
+        items = self.admit(card, exchange, generation)
+        first = await _first_item(items)
+        ids = ResponseIds(id=request_id, created=int(time.time()), model=card.id)
+        return Started(card, ids, generation, tools, _chain(first, items), items.aclose)
+
+    def admit(self, card: ModelCard, exchange: Exchange, generation: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """Pass the model's gate (429 when it is full) and start the generation under the model's deadline."""
         gate = self.gates[card.id]
         gate.enter()
         exchange.defer(gate.leave)
         deadline = Deadline(card.limits.timeout_s, card.id)
-        items = meter.watch(deadline.bound(self.models[card.id].generate(generation)))
-        first = await _first_item(items)
-        ids = ResponseIds(id=request_id, created=int(time.time()), model=card.id)
-        chained = _chain(first, items)
-        logprobs = params.logprobs is not None
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = stream_events(chained, ChunkWriter(ids, include_usage, logprobs), params.n, tools)
-            return Reply(request_id, events=events, release=items.aclose)
-        return Reply(request_id, completion=await collect(chained, ids, params.n, logprobs, tools))
+        return exchange.meter.watch(deadline.bound(self.models[card.id].generate(generation)))
+
+
+@dataclass(frozen=True)
+class Started:
+    """A generation admitted and under way: its first item already read (so its status is known)."""
+
+    card: ModelCard
+    ids: ResponseIds
+    generation: GenerationRequest
+    tools: ToolUse | None
+    items: AsyncIterator[StreamItem]  # every item, the first included
+    release: Callable[[], Awaitable[None]]  # closes the model's stream (idempotent)
+
+
+def _wrong_task(card: ModelCard, task: str) -> str:
+    if card.task == "embed":
+        return f"{card.id} is an embedding model: send it to /v1/embeddings, or pick a chat model"
+    return f"{card.id} generates text, it makes no embeddings: send it to /v1/chat/completions or /v1/completions, or pick an embedding model"
 
 
 def parse_chat_request(raw: bytes) -> ChatCompletionRequest:

@@ -64,7 +64,8 @@ class ChunkWriter:
         # A content chunk without logprobs is the hot path (one per token or so): its text around the delta is the
         # same for the whole response, so it is built once from the wire model and only the text is encoded per
         # chunk (a test checks both paths agree).
-        head, _, tail = self._chunk([ChunkChoice(index=0, delta=DeltaMessage(content=_SLOT))]).partition(
+        # rpartition: the content comes after the id and the model name, whatever they hold
+        head, _, tail = self._chunk([ChunkChoice(index=0, delta=DeltaMessage(content=_SLOT))]).rpartition(
             json.dumps(_SLOT)
         )
         before_index, _, after_index = head.rpartition('"index":0')  # the last one: the choice's, not in a name
@@ -119,7 +120,7 @@ class _ChoiceState:
     finish_reason: str | None = None
 
 
-class _Tally:
+class Tally:
     """Per-choice progress of one response; deltas of a choice that already finished are ignored."""
 
     def __init__(self, n: int, tools: ToolUse | None = None):
@@ -174,7 +175,7 @@ async def stream_events(
     `tools`: the request's tool use, whose reader turns each choice's text into content and tool-call chunks."""
     for index in range(n):
         yield writer.role(index)
-    tally = _Tally(n, tools)
+    tally = Tally(n, tools)
     async for item in items:
         if isinstance(item, StreamError):
             yield error_event(APIError.from_stream_error(item))
@@ -210,7 +211,7 @@ async def collect(
     tools: ToolUse | None = None,
 ) -> ChatCompletion:  # fmt: skip
     """The non-streaming response; a StreamError anywhere becomes an APIError (nothing was sent yet)."""
-    tally = _Tally(n, tools)
+    tally = Tally(n, tools)
     async for item in items:
         if isinstance(item, StreamError):
             raise APIError.from_stream_error(item)

@@ -346,7 +346,9 @@ def test_missing_name():
 def test_missing_engine_lists_the_engines():
     found = only_problem('name = "demo"\n[deployments.llm]\nmodel = "org/name"\n')
     assert found.path == "deployments.llm.engine"
-    assert found.message == "missing required key 'engine'; choose one of: transformers, vllm, echo"
+    assert (
+        found.message == "missing required key 'engine'; choose one of: transformers, vllm, echo, sentence_transformers"
+    )
 
 
 @pytest.mark.parametrize(("given", "hint"), [("vlm", "vllm"), ("transformer", "transformers"), ("ecco", "echo")])
@@ -354,14 +356,14 @@ def test_unknown_engine_suggests_the_nearest(given, hint):
     found = only_problem(f'name = "demo"\n[deployments.llm]\nengine = "{given}"\nmodel = "m"\n')
     assert found.path == "deployments.llm.engine"
     assert found.message == (
-        f"unknown engine {given!r} (did you mean {hint!r}?); choose one of: transformers, vllm, echo"
+        f"unknown engine {given!r} (did you mean {hint!r}?); choose one of: transformers, vllm, echo, sentence_transformers"
     )
 
 
 def test_unknown_engine_without_a_near_match_only_lists_the_engines():
     found = only_problem('name = "demo"\n[deployments.llm]\nengine = "llamacpp"\nmodel = "m"\n')
     assert found.path == "deployments.llm.engine"
-    assert found.message == "unknown engine 'llamacpp'; choose one of: transformers, vllm, echo"
+    assert found.message == "unknown engine 'llamacpp'; choose one of: transformers, vllm, echo, sentence_transformers"
 
 
 def test_missing_deployments_table():
