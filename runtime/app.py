@@ -5,8 +5,9 @@ The only place that binds deployments (and, with `runtime.cluster`, one of the f
 starts until the application is deployed. Each deployment's options come from its own plan; the ingress gets the
 model handles and one `ModelCard` per model, never the whole plan.
 With a separate ingress a token crosses two hops: model replica -> ingress (a streamed handle item, ~1.2 ms here)
--> HTTP proxy -> client; that ingress lets one HTTP endpoint serve several models and scale on its own. An app of
-one model skips it (`ModelIngress`): replica -> HTTP proxy -> client.
+-> HTTP proxy -> client; that ingress lets one HTTP endpoint serve several text models and scale on its own. An app
+of one text model skips it (`ModelIngress`): replica -> HTTP proxy -> client, with any embedding models beside it
+reached through their handles.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
-from runtime.engines.base import GenerationRequest, StreamError
+from runtime.engines.base import EmbeddingRequest, EmbeddingResult, GenerationRequest, StreamError
 from runtime.model_api import ModelCard, ModelClient, ModelHealth, StreamItem
 from runtime.model_server import ModelServer
 from runtime.openai.ingress import create_app
@@ -88,6 +89,20 @@ class RemoteModel:
             if not finished:
                 responses.cancel()  # the client went away: stop the replica's generation too
 
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult | StreamError:
+        response = self.handle.embed.remote(request)
+        try:
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()  # the client went away: the replica need not finish
+            raise
+        except (RayError, RayServeException) as exc:
+            logger.warning("request %s to %s failed in Ray: %s", request.request_id, self.model_id, exc)
+            return StreamError(
+                "unavailable",
+                f"model {self.model_id}: the replica serving this request stopped; Ray restarts it, retry",
+            )
+
     async def health(self) -> ModelHealth:
         try:
             return await asyncio.wait_for(self.handle.health.remote(), HEALTH_PING_TIMEOUT_S)
@@ -107,6 +122,10 @@ REPORT_INTERVAL_S = 0.2
 def kv_prefix(app: str) -> bytes:
     """Every key an app keeps in the store starts with this (a new deployment clears them all)."""
     return f"{app}/".encode()
+
+
+def front_key(app: str) -> bytes:
+    return kv_prefix(app) + b"front"
 
 
 def drain_key(app: str) -> bytes:
@@ -262,8 +281,9 @@ class OpenAIIngress(_HTTPFront):
 
 @serve.ingress()
 class ModelIngress(_HTTPFront):
-    """An app of one model as one deployment: each model replica answers HTTP itself, calling its `ModelServer`
-    in-process, so a token crosses one Ray hop (replica -> HTTP proxy) instead of two."""
+    """The app's one text model answering HTTP itself: each replica calls its own `ModelServer` in-process, so a
+    token crosses one Ray hop (replica -> HTTP proxy) instead of two; other models of the app (embedding models)
+    are reached through their handles."""
 
     async def __init__(
         self,
@@ -273,14 +293,16 @@ class ModelIngress(_HTTPFront):
         recording: Recording | None,
         max_body_bytes: int,
         allowed_hosts: tuple[str, ...],
+        cards: tuple[ModelCard, ...] = (),
+        handles: dict[str, DeploymentHandle] | None = None,
     ):
         with StartupSteps(plan.model_id) as steps:
             self.server = ModelServer(plan, on_step=steps)
             await self.server.start()
         models: dict[str, ModelClient] = {plan.model_id: self.server}
-        card = plan.card()
-        self._open_front(app_name, (card,), models, api_key, recording, plan.num_replicas, max_body_bytes,
-                         allowed_hosts)  # fmt: skip
+        models |= {name: RemoteModel(name, handle) for name, handle in (handles or {}).items()}
+        self._open_front(app_name, cards or (plan.card(),), models, api_key, recording, plan.num_replicas,
+                         max_body_bytes, allowed_hosts)  # fmt: skip
 
     async def check_health(self) -> None:
         await self.server.check_health()
@@ -301,13 +323,15 @@ def _model_options(d: DeploymentPlan) -> dict:
 
 
 def build_app(plan: AppPlan, recording: Recording | None = None) -> serve.Application:
-    if not plan.separate_ingress:
-        [d] = plan.deployments
-        model = serve.deployment(ModelIngress).options(**_model_options(d))
-        return model.bind(d, plan.app_name, plan.api_key, recording, plan.max_body_bytes, plan.allowed_hosts)
     handles = {}
     for d in plan.deployments:
-        handles[d.model_id] = serve.deployment(ModelDeployment).options(**_model_options(d)).bind(d)
+        if d.model_id != plan.front:
+            handles[d.model_id] = serve.deployment(ModelDeployment).options(**_model_options(d)).bind(d)
+    if plan.front is not None:
+        [d] = [d for d in plan.deployments if d.model_id == plan.front]
+        model = serve.deployment(ModelIngress).options(**_model_options(d))
+        return model.bind(d, plan.app_name, plan.api_key, recording, plan.max_body_bytes, plan.allowed_hosts,
+                          plan.cards, handles)  # fmt: skip
     ingress = serve.deployment(OpenAIIngress).options(**plan.ingress_options())
     return ingress.bind(
         plan.app_name,

@@ -148,6 +148,7 @@ def deploy(plan: AppPlan, recording: Recording | None = None) -> None:
 
     serve.start(http_options={"host": plan.host, "port": plan.port}, logging_config={"log_level": "WARNING"})
     _forget_drain(plan.app_name)
+    _remember_front(plan)
     target = serve.RunTarget(build_app(plan, recording), name=plan.app_name, route_prefix="/")
     serve.run_many([target], wait_for_applications_running=False)
 
@@ -301,14 +302,26 @@ def _ingress_reports(app_name: str) -> tuple[int, int]:
     return acknowledged, in_flight
 
 
+def _remember_front(plan: AppPlan) -> None:
+    """Which deployment answers the app's HTTP, for whoever drains it later (`aana down` has no plan)."""
+    from ray.experimental import internal_kv
+
+    from runtime.app import KV_NAMESPACE, front_key
+
+    internal_kv._internal_kv_put(front_key(plan.app_name), plan.http_deployment, namespace=KV_NAMESPACE)
+
+
 def _running_ingress_replicas(app_name: str) -> int:
-    """Running replicas of the deployment that serves the app's HTTP: the separate ingress, or the only model."""
+    """Running replicas of the deployment that serves the app's HTTP: the separate ingress, or the front model."""
+    from ray.experimental import internal_kv
+
+    from runtime.app import KV_NAMESPACE, front_key
     from runtime.plan import INGRESS_NAME
 
     deployments = read_progress(app_name, time.monotonic()).deployments
-    ingress = next(
-        (d for d in deployments if d.name == INGRESS_NAME), deployments[0] if len(deployments) == 1 else None
-    )
+    front = internal_kv._internal_kv_get(front_key(app_name), namespace=KV_NAMESPACE)
+    name = front.decode() if front else INGRESS_NAME
+    ingress = next((d for d in deployments if d.name == name), deployments[0] if len(deployments) == 1 else None)
     return ingress.replicas.get("RUNNING", 0) if ingress else 0
 
 

@@ -109,9 +109,19 @@ class AppPlan:
     deployments: tuple[DeploymentPlan, ...]
     ingress_num_cpus: float = INGRESS_NUM_CPUS  # per ingress replica
     ingress_replicas: int | None = None  # None: decided once the cluster's size is known (`with_ingress_replicas`)
-    separate_ingress: bool = True  # False: the one model's replicas serve HTTP themselves (see `build_plan`)
+    # The model whose replicas serve the app's HTTP themselves (see `build_plan`); None: a separate ingress does.
+    front: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     allowed_hosts: tuple[str, ...] = ANY_HOST
+
+    @property
+    def separate_ingress(self) -> bool:
+        return self.front is None
+
+    @property
+    def http_deployment(self) -> str:
+        """The Ray Serve deployment that answers the app's HTTP."""
+        return self.front or INGRESS_NAME
 
     @property
     def model_ids(self) -> list[str]:
@@ -173,7 +183,12 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
         model_source = resolve_model_source(dep.model, dep.revision, base)
         template = _resolve_template(dep.chat_template, base, f"{path}.chat_template", problems)
         engine = ENGINES[dep.engine]
-        for key in dep.sampling.model_dump(exclude_none=True):
+        if engine.task == "embed":
+            for key in ("chat_template", "tool_parser", "sampling"):
+                if key in dep.model_fields_set:
+                    problems.append(Problem(f"{path}.{key}", f"an embedding model ({dep.engine}) generates no text, "
+                                            f"so {key} means nothing for it; remove it"))  # fmt: skip
+        for key in dep.sampling.model_dump(exclude_none=True) if engine.task == "generate" else ():
             if key not in engine.supports:
                 problems.append(
                     Problem(f"{path}.sampling.{key}", f"the {dep.engine} engine cannot honour {key}; remove it")
@@ -208,11 +223,7 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
         port=spec.server.port,
         api_key=spec.server.api_key,
         ingress_replicas=spec.server.ingress_replicas,
-        # One model needs no relay in front of it: its replicas answer HTTP, and each token crosses one Ray hop
-        # (replica -> HTTP proxy) instead of two. Measured in bench/serve_bench.py.
-        separate_ingress=(
-            spec.server.ingress == "separate" or len(deployments) > 1 or spec.server.ingress_replicas is not None
-        ),
+        front=_front(spec, deployments),
         max_body_bytes=int(spec.server.max_body_mb * MIB),
         allowed_hosts=_allowed_hosts(spec.server.host, spec.server.allowed_hosts),
         database_url=spec.database.url,
@@ -220,6 +231,19 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
         ray_num_cpus=spec.ray.num_cpus,
         deployments=tuple(deployments),
     )
+
+
+def _front(spec: AppSpec, deployments: list[DeploymentPlan]) -> str | None:
+    """Which model serves HTTP itself: with ingress "auto", the app's one text model (embedding models beside it
+    are reached through their handles), or its only model. Then each token crosses one Ray hop (replica -> HTTP
+    proxy) instead of two (measured in bench/serve_bench.py). Several text models, ingress "separate" or
+    ingress_replicas: a separate ingress (None)."""
+    if spec.server.ingress == "separate" or spec.server.ingress_replicas is not None:
+        return None
+    text_models = [d.model_id for d in deployments if ENGINES[d.engine].task == "generate"]
+    if len(text_models) == 1:
+        return text_models[0]
+    return deployments[0].model_id if len(deployments) == 1 else None
 
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")

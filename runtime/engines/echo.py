@@ -1,4 +1,4 @@
-"""A scripted fake engine: answers with the last user message, word by word, or with replies a test queued. No ML.
+"""A scripted fake engine: answers with the last user message (or a raw prompt), word by word, or with replies a test queued. No ML.
 
 It goes through the same registry, replica class and ingress as the real engines, so the serving path can be tested
 and benchmarked in seconds. Token = whitespace-separated word (a stand-in tokenizer that counts what it streams).
@@ -70,7 +70,7 @@ class EchoEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         self.history.append(request)
-        prompt_tokens = sum(count_tokens(m["content"]) + 2 for m in request.messages)
+        prompt_tokens = _prompt_tokens(request)
         reply = self._replies.popleft() if self._replies else None
         items = _scripted(reply, prompt_tokens) if reply is not None else self._echo(request, prompt_tokens)
         self.running += 1
@@ -86,8 +86,7 @@ class EchoEngine(Engine):
         max_tokens = completion_budget(
             prompt_tokens, params.max_tokens, request.max_tokens_requested, self.max_model_len
         )
-        last_user = next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
-        words = last_user.split()
+        words = _said(request).split()
         sampling = bool(params.temperature)
         choices = [
             _Choice(i, _rotate(words, i if sampling else 0), StopMatcher(params.stop), max_tokens, params.logprobs)
@@ -100,6 +99,23 @@ class EchoEngine(Engine):
                 if not choice.done:
                     for delta in choice.step(prompt_tokens):
                         yield delta
+
+
+def _prompt_tokens(request: GenerationRequest) -> int:
+    if isinstance(request.prompt, tuple):
+        return len(request.prompt)
+    if isinstance(request.prompt, str):
+        return count_tokens(request.prompt)
+    return sum(count_tokens(m["content"]) + 2 for m in request.messages)
+
+
+def _said(request: GenerationRequest) -> str:
+    """What to echo: the last user message, a raw prompt's text, or `t<id>` for each token id of one."""
+    if isinstance(request.prompt, tuple):
+        return " ".join(f"t{token_id}" for token_id in request.prompt)
+    if isinstance(request.prompt, str):
+        return request.prompt
+    return next((m["content"] for m in reversed(request.messages) if m["role"] == "user"), "")
 
 
 async def _scripted(reply: list[ReplyItem], prompt_tokens: int) -> AsyncIterator[Delta]:

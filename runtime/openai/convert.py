@@ -13,7 +13,7 @@ from typing import Any
 from runtime.engines.base import GenerationParams, GenerationRequest, StructuredOutput
 from runtime.model_api import ModelCard
 from runtime.openai.errors import APIError
-from runtime.openai.protocol import ChatCompletionRequest, ChatMessage, ResponseFormatJSONSchema
+from runtime.openai.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, ResponseFormatJSONSchema
 from runtime.openai.schemas import check_schema
 from runtime.openai.tools import ToolUse
 from runtime.spec import SamplingSpec
@@ -34,32 +34,89 @@ def to_generation_request(
 ) -> GenerationRequest:
     """The engine's request for `card`'s model: the request's fields, else the spec's defaults, else the API's.
     `tools`: the request's tool use (runtime.openai.tools.plan_tools), which may constrain the output."""
-    defaults = card.sampling
     _check_logprobs(request)
+    requested_max = request.max_completion_tokens or request.max_tokens
+    params = _params(
+        request,
+        card,
+        requested_max,
+        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        structured=tools.constraint if tools and tools.constraint else _structured(request),
+    )
+    return GenerationRequest(
+        request_id=request_id,
+        messages=tuple(_flatten(i, m) for i, m in enumerate(request.messages)),
+        params=params,
+        max_tokens_requested=requested_max is not None,
+        tools=tools.tools if tools else (),
+    )
+
+
+# What OpenAI and vLLM generate for a /v1/completions request that names no max_tokens (and no spec default).
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+def to_completion_requests(request: CompletionRequest, request_id: str, card: ModelCard) -> list[GenerationRequest]:
+    """One engine request per prompt of a /v1/completions request (no chat template: the prompt is the text)."""
+    if request.suffix:
+        raise APIError(400, f"suffix (fill-in-the-middle) is not supported by the {card.engine} engine; leave it out",
+                       param="suffix")  # fmt: skip
+    if request.best_of not in (None, request.n or 1):
+        raise APIError(400, "best_of must equal n: this server returns every choice it generates", param="best_of")
+    prompts = _prompts(request.prompt)
+    if request.echo and request.logprobs is not None:
+        raise APIError(400, "echo with logprobs would need the prompt's logprobs, which this server does not "
+                       "compute; leave out one of them", param="echo")  # fmt: skip
+    if request.echo and not all(isinstance(p, str) for p in prompts):
+        raise APIError(400, "echo needs the prompt as text; send a string prompt or leave echo out", param="echo")
+    params = _params(
+        request, card, request.max_tokens, logprobs=request.logprobs, structured=None, prompts=len(prompts),
+        default_max=COMPLETIONS_DEFAULT_MAX_TOKENS,
+    )  # fmt: skip
+    return [
+        GenerationRequest(
+            request_id=f"{request_id}-{i}",
+            messages=(),
+            params=params,
+            max_tokens_requested=request.max_tokens is not None,
+            prompt=prompt,
+        )
+        for i, prompt in enumerate(prompts)
+    ]
+
+
+def _prompts(prompt: str | list[Any]) -> list[str | tuple[int, ...]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt[0], int):
+        return [tuple(prompt)]
+    return [p if isinstance(p, str) else tuple(p) for p in prompt]
+
+
+def _params(
+    request: Any, card: ModelCard, requested_max: int | None, logprobs: int | None,
+    structured: StructuredOutput | None, prompts: int = 1, default_max: int | None = None,
+) -> GenerationParams:  # fmt: skip
+    """The sampling fields that chat and completions requests share, merged with the spec's defaults."""
+    defaults = card.sampling
     _reject_unsupported(request, card.supports, card.engine)
     values: dict[str, Any] = {}
     for name in _SAMPLING_FIELDS:
         value = getattr(request, name)
         values[name] = value if value is not None else defaults.get(name)
-    requested_max = request.max_completion_tokens or request.max_tokens
     if values["temperature"] is None:
         values["temperature"] = OPENAI_DEFAULT_TEMPERATURE
-    values["max_tokens"] = requested_max or defaults.get("max_tokens")
+    values["max_tokens"] = requested_max or defaults.get("max_tokens") or default_max
     stop = request.stop if request.stop is not None else defaults.get("stop")
     values["stop"] = tuple([stop] if isinstance(stop, str) else (stop or ()))
     values["ignore_eos"] = bool(request.ignore_eos)
     values["n"] = request.n or 1
-    values["logprobs"] = (request.top_logprobs or 0) if request.logprobs else None
+    values["logprobs"] = logprobs
     values["logit_bias"] = _logit_bias(request.logit_bias)
-    values["structured"] = tools.constraint if tools and tools.constraint else _structured(request)
-    _check_budget(values["n"], values["max_tokens"], values["logprobs"], card)
-    return GenerationRequest(
-        request_id=request_id,
-        messages=tuple(_flatten(i, m) for i, m in enumerate(request.messages)),
-        params=GenerationParams(**values),
-        max_tokens_requested=requested_max is not None,
-        tools=tools.tools if tools else (),
-    )
+    values["structured"] = structured
+    logprobs_param = "logprobs" if isinstance(request, CompletionRequest) else "top_logprobs"
+    _check_budget(values["n"], values["max_tokens"], values["logprobs"], card, prompts, logprobs_param)
+    return GenerationParams(**values)
 
 
 def _structured(request: ChatCompletionRequest) -> StructuredOutput | None:
@@ -95,29 +152,39 @@ def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(pairs))
 
 
-def _check_budget(n: int, max_tokens: int | None, logprobs: int | None, card: ModelCard) -> None:
+def _check_budget(
+    n: int, max_tokens: int | None, logprobs: int | None, card: ModelCard, prompts: int, logprobs_param: str
+) -> None:
     """One request may not ask for more work than the model's limits allow (a 400 naming the fields), so a small
     request body cannot make a huge response that starves everyone else."""
     tokens = max_tokens  # the request's, else the spec's default; none at all: the context bounds it
     if tokens is None:
         return
     limits = card.limits
-    if n * tokens > limits.max_tokens_per_request:
-        asked = f"n x max_tokens = {n} x {tokens} = {n * tokens}" if n > 1 else f"max_tokens = {tokens}"
+    factors = ([f"prompts ({prompts})"] if prompts > 1 else []) + ([f"n ({n})"] if n > 1 else [])
+    factors.append(f"max_tokens ({tokens})")
+    total = prompts * n * tokens
+    if total > limits.max_tokens_per_request:
         raise APIError(
             400,
-            f"{asked} tokens is more than one request may ask of {card.id} ({limits.max_tokens_per_request}); lower "
-            f"{'n or max_tokens' if n > 1 else 'max_tokens'}",
+            f"{' x '.join(factors)} = {total} tokens is more than one request may ask of {card.id} "
+            f"({limits.max_tokens_per_request}); lower {_or(factors)}",
             param="n" if n > 1 else "max_tokens",
         )
-    if logprobs is not None and n * tokens * (1 + logprobs) > limits.max_logprobs_per_request:
+    entries = total * (1 + logprobs) if logprobs is not None else 0
+    if entries > limits.max_logprobs_per_request:
         raise APIError(
             400,
-            f"n x max_tokens x (1 + top_logprobs) = {n} x {tokens} x {1 + logprobs} = {n * tokens * (1 + logprobs)} "
-            f"logprob entries is more than one request may ask of {card.id} ({limits.max_logprobs_per_request}); "
-            "lower top_logprobs, n or max_tokens",
-            param="top_logprobs",
+            f"{' x '.join(factors)} x (1 + logprobs ({logprobs})) = {entries} logprob entries is more than one "
+            f"request may ask of {card.id} ({limits.max_logprobs_per_request}); lower the number of logprobs, "
+            f"{_or(factors)}",
+            param=logprobs_param,
         )
+
+
+def _or(factors: list[str]) -> str:
+    names = [f.split(" (")[0] for f in factors]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def _check_logprobs(request: ChatCompletionRequest) -> None:
@@ -129,17 +196,18 @@ def _check_logprobs(request: ChatCompletionRequest) -> None:
         )  # fmt: skip
 
 
-def _reject_unsupported(request: ChatCompletionRequest, supports: Set[str], engine: str) -> None:
+def _reject_unsupported(request: Any, supports: Set[str], engine: str) -> None:
     for name in _SAMPLING_FIELDS:
         if getattr(request, name) is not None and name not in supports:
             raise APIError(400, f"`{name}` is not supported by the {engine} engine; leave it out", param=name)
     if request.n not in (None, 1) and "n" not in supports:
         raise APIError(400, f"n={request.n} is not supported by the {engine} engine; use n=1", param="n")
     for name in _GATED_FEATURES:
-        value = getattr(request, name)
+        value = getattr(request, name, None)
         if value not in (None, False, {}, []) and name not in supports:
             raise APIError(400, f"`{name}` is not supported by the {engine} engine yet; leave it out", param=name)
-    if request.response_format and request.response_format.type != "text" and "response_format" not in supports:
+    response_format = getattr(request, "response_format", None)
+    if response_format and response_format.type != "text" and "response_format" not in supports:
         raise APIError(400, f"structured output (response_format) is not supported by the {engine} engine",
                        param="response_format")  # fmt: skip
 

@@ -23,10 +23,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from runtime.model_api import ModelCard, ModelClient
+from runtime.openai.completions import Completions
+from runtime.openai.embeddings import Embeddings
 from runtime.openai.errors import APIError, from_validation_errors
 from runtime.openai.metering import Meter, OnRecord
 from runtime.openai.responses import Responses
-from runtime.openai.service import Admission, ChatCompletions, Exchange, Reply, health_report, model_list
+from runtime.openai.service import (
+    Admission,
+    ChatCompletions,
+    Exchange,
+    Reply,
+    health_report,
+    model_list,
+    model_object,
+)
 from runtime.plan import ANY_HOST, DEFAULT_MAX_BODY_BYTES
 from runtime.records import CLIENT_CLOSED
 
@@ -147,7 +157,12 @@ def create_app(
     """The app over `models`. `share`: how many ingress replicas split each model's admission capacity. With an
     API key, the interactive docs and the OpenAPI document are off (they would answer without the key)."""
     docs = {} if api_key is None else {"docs_url": None, "openapi_url": None}
-    app = FastAPI(title="aana", summary="OpenAI-compatible chat completions", redoc_url=None, **docs)
+    app = FastAPI(
+        title="aana",
+        summary="OpenAI-compatible chat completions, completions, embeddings and responses",
+        redoc_url=None,
+        **docs,
+    )
     _install_error_handlers(app)
     if "*" not in allowed_hosts:
         app.add_middleware(HostAllowList, allowed=allowed_hosts)
@@ -163,13 +178,22 @@ def create_app(
     async def chat_completions(request: Request, exchange: Exchange = Depends(admitted)) -> Response:
         return await respond(exchange, chat.create(json_body(request, max_body_bytes), exchange))
 
-    responses = Responses(chat)
+    completions, embeddings, responses = Completions(chat), Embeddings(chat), Responses(chat)
+
+    async def completions_route(request: Request, exchange: Exchange = Depends(admitted)) -> Response:
+        return await respond(exchange, completions.create(json_body(request, max_body_bytes), exchange))
+
+    async def embeddings_route(request: Request, exchange: Exchange = Depends(admitted)) -> Response:
+        return await respond(exchange, embeddings.create(json_body(request, max_body_bytes), exchange))
 
     async def responses_route(request: Request, exchange: Exchange = Depends(admitted)) -> Response:
         return await respond(exchange, responses.create(json_body(request, max_body_bytes), exchange))
 
     def models_route() -> dict[str, Any]:
         return model_list(cards, created)
+
+    def model_route(model_id: str) -> dict[str, Any]:
+        return model_object(cards, model_id, created)
 
     async def health() -> JSONResponse:  # open without a key: load balancers probe it
         status, body = await health_report(models)
@@ -178,7 +202,10 @@ def create_app(
     for prefix in ("/v1", ""):
         app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"], dependencies=authorized)
         app.add_api_route(f"{prefix}/models", models_route, methods=["GET"], dependencies=authorized)
+        app.add_api_route(f"{prefix}/completions", completions_route, methods=["POST"], dependencies=authorized)
+        app.add_api_route(f"{prefix}/embeddings", embeddings_route, methods=["POST"], dependencies=authorized)
         app.add_api_route(f"{prefix}/responses", responses_route, methods=["POST"], dependencies=authorized)
+        app.add_api_route(f"{prefix}/models/{{model_id:path}}", model_route, methods=["GET"], dependencies=authorized)
 
     async def live() -> dict[str, str]:  # liveness: this process answers; it asks no model
         return {"status": "alive"}
@@ -202,7 +229,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = f"{request.method} {request.url.path}: {exc.detail}"
         if exc.status_code == 404:
-            message += "; the API is served at /v1/chat/completions and /v1/models"
+            message += (
+                "; the API is served at /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and "
+                "/v1/models"
+            )
         return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
 
     @app.exception_handler(Exception)

@@ -1,4 +1,4 @@
-"""Wire models of the OpenAI Chat Completions API, in the OpenAI reference's names and field order.
+"""Wire models of the OpenAI Chat Completions, Completions, Embeddings and Models APIs, in the OpenAI reference's names and field order.
 
 Requests forbid unknown fields (OpenAI answers "Unrecognized request argument"), so no parameter is silently dropped.
 Extensions that vLLM also accepts come after the standard fields, marked as such. Imports only pydantic.
@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     SerializerFunctionWrapHandler,
     StrictBool,
     field_validator,
@@ -136,12 +137,122 @@ class ChatCompletionRequest(_Wire):
     @field_validator("stop")
     @classmethod
     def _at_most_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        for stop in [value] if isinstance(value, str) else value or []:
-            if len(stop) > MAX_STOP_CHARS:
-                raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARS} characters")
+        return _check_stops(value)
+
+
+def _check_stops(value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list) and len(value) > 4:
+        raise ValueError("at most 4 stop sequences are allowed")
+    for stop in [value] if isinstance(value, str) else value or []:
+        if len(stop) > MAX_STOP_CHARS:
+            raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARS} characters")
+    return value
+
+
+# -- legacy completions (/v1/completions) ---------------------------------------------------------------------
+
+MAX_PROMPTS = 2048  # prompts (or embedding inputs) in one request: OpenAI's limit for an input array
+
+
+def _prompt(value: Any) -> Any:
+    """A prompt or embedding input: a text, texts, token ids, or lists of token ids (none empty; booleans are not
+    token ids)."""
+    if isinstance(value, str):
         return value
+    if isinstance(value, list) and 0 < len(value) <= MAX_PROMPTS:
+        if all(isinstance(v, str) for v in value) or all(type(v) is int for v in value):
+            return value
+        if all(isinstance(v, list) and v and all(type(t) is int for t in v) for v in value):
+            return value
+    raise ValueError(
+        f"must be a string, a list of strings, a list of token ids, or a list of lists of token ids (1 to "
+        f"{MAX_PROMPTS} items, none empty)"
+    )
+
+
+Prompt = Annotated[str | list[str] | list[int] | list[list[int]], PlainValidator(_prompt)]
+
+
+class CompletionRequest(_Wire):
+    model: str = Field(max_length=MAX_MODEL_ID_CHARS)
+    prompt: Prompt  # a text, texts, token ids, or lists of token ids
+    best_of: int | None = Field(None, ge=1, le=128)
+    echo: StrictBool | None = False
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: int | None = Field(None, ge=0, le=20)  # the k most likely tokens at each position (OpenAI: up to 5)
+    max_tokens: int | None = Field(None, ge=1, le=INT64_MAX)
+    n: int | None = Field(None, ge=1, le=128)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    stop: str | list[str] | None = None
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    suffix: str | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    user: str | None = None
+    # Extensions (vLLM's sampling parameters)
+    top_k: int | None = Field(None, ge=-1, le=INT64_MAX)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    ignore_eos: StrictBool | None = None
+
+    _stops = field_validator("stop")(classmethod(lambda cls, value: _check_stops(value)))
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy logprobs shape: parallel lists, one entry per token."""
+
+    text_offset: list[int]
+    token_logprobs: list[float | None]
+    tokens: list[str]
+    top_logprobs: list[dict[str, float] | None]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+# -- embeddings (/v1/embeddings) ------------------------------------------------------------------------------
+
+
+class EmbeddingsRequest(_Wire):
+    model: str = Field(max_length=MAX_MODEL_ID_CHARS)
+    input: Prompt  # a text, texts, token ids, or lists of token ids
+    dimensions: int | None = Field(None, ge=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str  # floats, or base64 of little-endian float32
+    index: int
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
 
 
 class Usage(BaseModel):

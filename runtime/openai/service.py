@@ -17,7 +17,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -168,18 +168,22 @@ class ChatCompletions:
         tools = plan_tools(body, card)
         generation = to_generation_request(body, request_id, card, tools)
         meter.choices = generation.params.n
-        items = self.admit(card, exchange, generation)
-        first = await _first_item(items)
+        items = exchange.meter.watch(self.admit(card, exchange, generation))
+        first = await first_item(items)
         ids = ResponseIds(id=request_id, created=int(time.time()), model=card.id)
-        return Started(card, ids, generation, tools, _chain(first, items), items.aclose)
+        return Started(card, ids, generation, tools, chain(first, items), items.aclose)
 
-    def admit(self, card: ModelCard, exchange: Exchange, generation: GenerationRequest) -> AsyncIterator[StreamItem]:
-        """Pass the model's gate (429 when it is full) and start the generation under the model's deadline."""
+    def enter_gate(self, card: ModelCard, exchange: Exchange) -> None:
+        """Take a place in the model's gate (429 when it is full) until the exchange ends."""
         gate = self.gates[card.id]
         gate.enter()
         exchange.defer(gate.leave)
+
+    def admit(self, card: ModelCard, exchange: Exchange, generation: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """Pass the model's gate (429 when it is full) and start the generation under the model's deadline."""
+        self.enter_gate(card, exchange)
         deadline = Deadline(card.limits.timeout_s, card.id)
-        return exchange.meter.watch(deadline.bound(self.models[card.id].generate(generation)))
+        return deadline.bound(self.models[card.id].generate(generation))
 
 
 @dataclass(frozen=True)
@@ -201,17 +205,25 @@ def _wrong_task(card: ModelCard, task: str) -> str:
 
 
 def parse_chat_request(raw: bytes) -> ChatCompletionRequest:
+    return parse_body(raw, ChatCompletionRequest, "a chat request")
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse_body(raw: bytes, model: type[Body], what: str) -> Body:
+    """A request body as `model`, or a 400 that says what is wrong with it."""
     try:
         data = json.loads(raw)
     except RecursionError:
-        raise APIError(400, "the request body is nested too deeply to be a chat request") from None
+        raise APIError(400, f"the request body is nested too deeply to be {what}") from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, and integers past Python's digit limit
         raise APIError(400, f"the request body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
     _check_unicode(data)
     try:
-        return ChatCompletionRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise from_validation_errors(exc.errors()) from None
 
@@ -234,9 +246,24 @@ def _encodes(value: Any) -> bool:
 
 
 def model_list(cards: Sequence[ModelCard], created: int) -> dict[str, Any]:
-    return ModelList(
-        data=[WireModelCard(id=card.id, created=created, max_model_len=card.max_model_len) for card in cards]
-    ).model_dump()
+    return ModelList(data=[_wire_card(card, created) for card in cards]).model_dump()
+
+
+def model_object(cards: Sequence[ModelCard], model_id: str, created: int) -> dict[str, Any]:
+    """GET /v1/models/{id}: the model object, or the 404 that lists the models there are."""
+    for card in cards:
+        if card.id == model_id:
+            return _wire_card(card, created).model_dump()
+    raise APIError(
+        404,
+        f"The model `{model_label(model_id)}` does not exist. Available models: {', '.join(c.id for c in cards)}",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _wire_card(card: ModelCard, created: int) -> WireModelCard:
+    return WireModelCard(id=card.id, created=created, max_model_len=card.max_model_len)
 
 
 async def health_report(models: Mapping[str, ModelClient]) -> tuple[int, dict[str, Any]]:
@@ -297,7 +324,7 @@ else:  # pragma: no cover - Python 3.10
             raise TimeoutError from None
 
 
-async def _first_item(items: AsyncIterator[StreamItem]) -> StreamItem:
+async def first_item(items: AsyncIterator[StreamItem]) -> StreamItem:
     try:
         first = await items.__anext__()
     except StopAsyncIteration:
@@ -308,7 +335,7 @@ async def _first_item(items: AsyncIterator[StreamItem]) -> StreamItem:
     return first
 
 
-async def _chain(first: StreamItem, rest: AsyncIterator[StreamItem]) -> AsyncIterator[StreamItem]:
+async def chain(first: StreamItem, rest: AsyncIterator[StreamItem]) -> AsyncIterator[StreamItem]:
     try:
         yield first
         async for item in rest:

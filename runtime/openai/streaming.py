@@ -103,7 +103,7 @@ class ChunkWriter:
         return self._chunk([ChunkChoice(index=index, delta=DeltaMessage(), finish_reason=reason)])
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> str:
-        return self._chunk([], _usage(prompt_tokens, completion_tokens))
+        return self._chunk([], usage_of(prompt_tokens, completion_tokens))
 
 
 def error_event(error: APIError) -> str:
@@ -145,7 +145,7 @@ class Tally:
         return all(state.finish_reason is not None for state in self.choices)
 
     def usage(self) -> Usage:
-        return _usage(self.prompt_tokens, sum(state.completion_tokens for state in self.choices))
+        return usage_of(self.prompt_tokens, sum(state.completion_tokens for state in self.choices))
 
     def events(self, delta: Delta) -> list[ToolEvent]:
         """What a delta's text says: itself as content, or, with tools, content and tool calls so far."""
@@ -254,7 +254,7 @@ def _unfinished() -> APIError:
     return APIError(500, "the model stream ended without finishing; try again")
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+def usage_of(prompt_tokens: int, completion_tokens: int) -> Usage:
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,

@@ -65,8 +65,26 @@ def test_an_app_of_one_model_is_one_deployment_that_answers_http_itself(monkeypa
     assert (model.name, model.func_or_class, model.num_replicas) == ("a", ModelIngress, 2)
     assert model.ray_actor_options["num_cpus"] == 0.5
     assert model.init_args == (plan.deployments[0], "t", "k", Recording("sqlite:///x.db", "run-1"), 8 << 20,
-                               ("localhost", "127.0.0.1", "::1"))  # fmt: skip
+                               ("localhost", "127.0.0.1", "::1"), plan.cards, {})  # fmt: skip
     for separate in ('ingress = "separate"', "ingress_replicas = 1"):
         plan = build_plan(parse_spec(one.replace('api_key = "k"', f'api_key = "k"\n{separate}')))
         ingress = build_app(plan.with_ingress_replicas(2))._bound_deployment
         assert (plan.separate_ingress, ingress.name, ingress.func_or_class) == (True, INGRESS_NAME, OpenAIIngress)
+
+
+def test_an_embedding_model_beside_one_text_model_is_reached_from_the_text_models_replicas(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = (
+        'name = "t"\n[deployments.chat]\nengine = "echo"\n'
+        '[deployments.vec]\nengine = "sentence_transformers"\nmodel = "/m"\nnum_cpus = 0.25\n'
+    )
+    plan = build_plan(parse_spec(spec)).with_ingress_replicas(64)
+    assert (plan.front, plan.separate_ingress, plan.http_deployment, plan.ingress_cpus) == ("chat", False, "chat", 0)
+    front = build_app(plan)._bound_deployment
+    assert (front.name, front.func_or_class) == ("chat", ModelIngress)
+    cards, handles = front.init_args[6:]
+    assert [c.id for c in cards] == ["chat", "vec"] and [c.task for c in cards] == ["generate", "embed"]
+    [vec] = handles.values()
+    assert (vec._bound_deployment.name, vec._bound_deployment.func_or_class) == ("vec", ModelDeployment)
+    two_text_models = spec.replace('"sentence_transformers"\nmodel = "/m"', '"echo"')
+    assert build_plan(parse_spec(two_text_models)).front is None  # several text models: a separate ingress

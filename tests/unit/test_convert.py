@@ -143,7 +143,7 @@ def test_a_request_asking_for_more_tokens_than_its_budget_is_a_400_naming_the_fi
     with pytest.raises(APIError) as caught:
         _budget(card, n=3, max_tokens=50)
     assert caught.value.param == "n"
-    assert "n x max_tokens = 3 x 50 = 150 tokens is more than one request may ask of m (100)" in caught.value.message
+    assert "n (3) x max_tokens (50) = 150 tokens is more than one request may ask of m (100)" in caught.value.message
     with pytest.raises(APIError) as caught:
         _budget(card, max_tokens=101)
     assert caught.value.param == "max_tokens" and "lower max_tokens" in caught.value.message
