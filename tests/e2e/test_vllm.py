@@ -9,9 +9,11 @@ import openai
 import pytest
 from e2e.openai_checks import (
     check_choices_and_logprobs,
+    check_completions,
     check_json_object,
     check_json_schema,
     check_named_tool_round_trip,
+    check_responses,
 )
 from e2e.server import model_load, serving, wait_until_idle
 from transformers import AutoTokenizer
@@ -133,7 +135,8 @@ def test_smollm2_on_vllm_answers_and_aborts_dropped_streams(tmp_path):
         )
         assert "Paris" in answer.choices[0].message.content
         _hung_up_stream_leaves_the_engine(server)
-        for check in (check_json_schema, check_json_object, check_named_tool_round_trip, check_choices_and_logprobs):
+        for check in (check_json_schema, check_json_object, check_named_tool_round_trip, check_choices_and_logprobs,
+                      check_completions, check_responses):  # fmt: skip
             check(client, "smollm2")
 
 

