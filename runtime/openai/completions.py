@@ -28,7 +28,7 @@ from runtime.openai.protocol import (
     CompletionLogprobs,
     CompletionRequest,
 )
-from runtime.openai.service import ChatCompletions, Exchange, Reply, chain, first_item, parse_body
+from runtime.openai.service import ChatCompletions, Exchange, Reply, parse_body
 from runtime.openai.streaming import DONE, MIN_LOGPROB, ResponseIds, Tally, error_event, sse, usage_of
 
 
@@ -48,20 +48,25 @@ class Completions:
         generations = to_completion_requests(body, request_id, card)
         n = generations[0].params.n
         meter.choices = n * len(generations)
-        streams = [self.chat.admit(card, exchange, g) for g in generations]
+        self.chat.enter_gate(card, exchange)  # one place for the request, however many prompts it holds
+        prompts = _Prompts([self.chat.generate(card, g) for g in generations], n)
         try:
-            firsts = [await first_item(stream) for stream in streams]  # every prompt's status before any byte
-        except BaseException:
-            await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
+            await prompts.first_items()  # every prompt's status before any byte
+        except APIError as exc:
+            meter.error = StreamError("invalid_request" if exc.status < 500 else "internal", exc.message, exc.param)
+            await prompts.close()
             raise
-        items = meter.watch(_merge([chain(f, s) for f, s in zip(firsts, streams, strict=True)], n))
+        except BaseException:
+            await prompts.close()
+            raise
+        items = meter.watch(prompts.items())
         ids = ResponseIds(id=request_id, created=int(time.time()), model=card.id)
         echoes = _echoes(body, generations)
         logprobs = body.logprobs is not None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             writer = LegacyChunks(ids, include_usage, logprobs)
-            return Reply(request_id, events=stream_completion(items, writer, echoes), release=items.aclose)
+            return Reply(request_id, events=stream_completion(items, writer, echoes), release=prompts.close)
         return Reply(request_id, completion=await collect_completion(items, ids, echoes, logprobs))
 
 
@@ -71,41 +76,72 @@ def _echoes(body: CompletionRequest, generations: Sequence[GenerationRequest]) -
     return [str(g.prompt) if body.echo else "" for g in generations for _ in range(n)]
 
 
-async def _merge(streams: list[AsyncIterator[StreamItem]], n: int) -> AsyncIterator[StreamItem]:
-    """The prompts' streams as one: choice indexes renumbered (prompt p's choice i is p * n + i) and prompt_tokens
-    summed over the prompts seen so far (complete by the time every choice finished). An error ends the stream."""
-    if len(streams) == 1:
-        async for item in streams[0]:
-            yield item
-        return
-    queue: asyncio.Queue[tuple[int, StreamItem | None]] = asyncio.Queue()
+class _Prompts:
+    """The generations of a request's prompts as one stream. Each is read by a task of its own from the start, so no
+    prompt waits for a replica slot that only the reading of another prompt would free. Choice indexes are renumbered
+    (prompt p's choice i is p * n + i) and prompt_tokens summed over the prompts seen so far (complete once every
+    choice finished). An error ends the stream; closing it stops every generation."""
 
-    async def pump(p: int, stream: AsyncIterator[StreamItem]) -> None:
+    def __init__(self, streams: list[AsyncIterator[StreamItem]], n: int):
+        self.streams = streams
+        self.n = n
+        self.queue: asyncio.Queue[tuple[int, StreamItem | None]] = asyncio.Queue()
+        self.tasks = [asyncio.create_task(self._pump(p, s)) for p, s in enumerate(streams)]
+        self.buffer: list[tuple[int, StreamItem]] = []
+        self.running = len(streams)
+        self.prompt_tokens: dict[int, int] = {}
+
+    async def _pump(self, p: int, stream: AsyncIterator[StreamItem]) -> None:
         try:
             async for item in stream:
-                await queue.put((p, item))
+                await self.queue.put((p, item))
         finally:
-            await queue.put((p, None))
+            await self.queue.put((p, None))
 
-    tasks = [asyncio.create_task(pump(p, s)) for p, s in enumerate(streams)]
-    prompt_tokens: dict[int, int] = {}
-    open_streams = len(streams)
-    try:
-        while open_streams:
-            p, item = await queue.get()
+    async def first_items(self) -> None:
+        """Wait for every prompt's first item; one that fails or sends nothing raises APIError (nothing sent yet)."""
+        started: set[int] = set()
+        while len(started) < len(self.streams):
+            p, item = await self.queue.get()
             if item is None:
-                open_streams -= 1
-            elif isinstance(item, StreamError):
-                yield item
-                return
-            else:
-                prompt_tokens[p] = item.prompt_tokens
-                yield replace(item, index=p * n + item.index, prompt_tokens=sum(prompt_tokens.values()))
-    finally:
-        for task in tasks:
+                self.running -= 1
+                if p not in started:
+                    raise APIError(500, "the model returned nothing; try again")
+                continue
+            if isinstance(item, StreamError) and p not in started:
+                raise APIError.from_stream_error(item)
+            started.add(p)
+            self.buffer.append((p, item))
+
+    async def items(self) -> AsyncIterator[StreamItem]:
+        try:
+            for p, item in self.buffer:
+                yield self._renumbered(p, item)
+                if isinstance(item, StreamError):
+                    return
+            while self.running:
+                p, item = await self.queue.get()
+                if item is None:
+                    self.running -= 1
+                    continue
+                yield self._renumbered(p, item)
+                if isinstance(item, StreamError):
+                    return
+        finally:
+            await self.close()
+
+    def _renumbered(self, p: int, item: StreamItem) -> StreamItem:
+        if isinstance(item, StreamError):
+            return item
+        self.prompt_tokens[p] = item.prompt_tokens
+        return replace(item, index=p * self.n + item.index, prompt_tokens=sum(self.prompt_tokens.values()))
+
+    async def close(self) -> None:
+        """Stop every prompt's generation (idempotent)."""
+        for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(s.aclose() for s in streams), return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*(s.aclose() for s in self.streams), return_exceptions=True)
 
 
 class LegacyChunks:

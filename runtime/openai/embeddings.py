@@ -29,7 +29,7 @@ class Embeddings:
         body = parse_body(await read_body(), EmbeddingsRequest, "an embeddings request")
         meter = exchange.meter
         meter.model = model_label(body.model)
-        meter.choices = 0  # nothing to finish: done when the vectors are
+        meter.choices = 1  # done when the vectors are (see below)
         card = self.chat.card(body.model, "embed")
         request_id = f"embd-{uuid.uuid4().hex}"
         meter.request_id = request_id
@@ -37,15 +37,15 @@ class Embeddings:
         self.chat.enter_gate(card, exchange)
         request = EmbeddingRequest(request_id=request_id, inputs=inputs, dimensions=body.dimensions)
         try:
-            async with asyncio.timeout(card.limits.timeout_s):
-                result = await self.chat.models[card.id].embed(request)
-        except TimeoutError:
+            result = await asyncio.wait_for(self.chat.models[card.id].embed(request), card.limits.timeout_s)
+        except asyncio.TimeoutError:
             raise APIError(504, f"the request to {card.id} took longer than its {card.limits.timeout_s:g} s limit; "
                            "send fewer inputs or raise request_timeout_s", code="timeout") from None  # fmt: skip
         if isinstance(result, StreamError):
             meter.error = result
             raise APIError.from_stream_error(result)
         meter.prompt_tokens = result.prompt_tokens
+        meter.finish_reasons[0] = "stop"  # completed: the vectors are made
         encode = _base64 if body.encoding_format == "base64" else _floats
         data = [Embedding(embedding=encode(vector), index=i) for i, vector in enumerate(result.vectors)]
         usage = EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens)

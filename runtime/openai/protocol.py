@@ -159,8 +159,10 @@ def _prompt(value: Any) -> Any:
     token ids)."""
     if isinstance(value, str):
         return value
+    if isinstance(value, list) and value and all(type(v) is int for v in value):
+        return value  # one prompt of token ids: its length is the model's to bound (max_model_len)
     if isinstance(value, list) and 0 < len(value) <= MAX_PROMPTS:
-        if all(isinstance(v, str) for v in value) or all(type(v) is int for v in value):
+        if all(isinstance(v, str) for v in value):
             return value
         if all(isinstance(v, list) and v and all(type(t) is int for t in v) for v in value):
             return value

@@ -175,6 +175,7 @@ class ChatCompletions:
 
     def enter_gate(self, card: ModelCard, exchange: Exchange) -> None:
         """Take a place in the model's gate (429 when it is full) until the exchange ends."""
+        exchange.meter.model_id = card.id
         gate = self.gates[card.id]
         gate.enter()
         exchange.defer(gate.leave)
@@ -182,6 +183,10 @@ class ChatCompletions:
     def admit(self, card: ModelCard, exchange: Exchange, generation: GenerationRequest) -> AsyncIterator[StreamItem]:
         """Pass the model's gate (429 when it is full) and start the generation under the model's deadline."""
         self.enter_gate(card, exchange)
+        return self.generate(card, generation)
+
+    def generate(self, card: ModelCard, generation: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """The model's stream for one generation under the model's deadline (the caller has passed its gate)."""
         deadline = Deadline(card.limits.timeout_s, card.id)
         return deadline.bound(self.models[card.id].generate(generation))
 
@@ -242,6 +247,8 @@ def _encodes(value: Any) -> bool:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return False
+    except RecursionError:  # JSON that json.loads just managed: deeper than any request needs
+        raise APIError(400, "the request body is nested too deeply") from None
     return True
 
 

@@ -241,3 +241,71 @@ def test_each_model_can_be_retrieved_and_an_unknown_one_is_a_404(served):
     assert caught.value.body["code"] == "model_not_found" and "chat, vec" in caught.value.body["message"]
     assert http.get("/models/chat").json()["id"] == "chat"
     assert json.loads(http.get("/v1/models").text)["data"][1]["id"] == "vec"
+
+
+# -- found in review: prompts that wait on each other, one gate place per request, bodies at the edge -------------
+
+SLOTS = """
+name = "t"
+[deployments.chat]
+engine = "echo"
+token_delay_s = 0.01
+max_ongoing_requests = 1
+max_queued_requests = 1
+"""
+
+
+@pytest.fixture
+def one_slot():
+    plan = build_plan(parse_spec(SLOTS))
+    server = ModelServer(plan.deployments[0])
+    asyncio.run(server.start())
+    with TestClient(create_app({"chat": server}, plan.cards)) as http:  # one event loop for every request
+        yield http, server
+
+
+def test_more_prompts_than_replica_slots_and_gate_places_all_complete(one_slot):
+    # One slot in the replica and a gate of 2: five prompts must not wait on each other's unread streams, and the
+    # request takes one place in the gate however many prompts it holds.
+    http, server = one_slot
+    body = {"model": "chat", "prompt": [f"p{i} x" for i in range(5)], "max_tokens": 4}
+    for stream in (False, True):
+        response = http.post("/v1/completions", json=body | {"stream": stream})
+        assert response.status_code == 200, response.text
+    whole = http.post("/v1/completions", json=body).json()
+    assert [c["text"] for c in whole["choices"]] == [f"p{i} x" for i in range(5)]
+    assert server.queued == 0 and server.engine.running == 0
+
+
+def test_a_long_token_id_prompt_is_the_models_to_bound_not_the_list_limit(served):
+    _, http, engines = served
+    response = http.post("/v1/completions", json={"model": "chat", "prompt": list(range(3000)), "max_tokens": 1})
+    assert response.status_code == 200
+    assert len(engines["chat"].history[-1].prompt) == 3000
+
+
+def test_a_body_nested_as_deep_as_json_allows_is_a_400(served):
+    _, http, _ = served
+    for depth in (985, 990, 995, 5000):
+        body = '{"model": "chat", "prompt": "x", "user": ' + "[" * depth + "]" * depth + "}"
+        response = http.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, (depth, response.text)
+
+
+def test_an_empty_prompt_is_the_clients_error_not_an_empty_batch_row():
+    from runtime.engines.base import GenerationRequest, request_prompt_ids
+
+    class NoBosTokenizer:  # like SmolLM2's: "" tokenizes to nothing
+        def __call__(self, text, add_special_tokens):
+            return {"input_ids": [ord(c) for c in text]}
+
+        def __len__(self):
+            return 256
+
+    assert request_prompt_ids(NoBosTokenizer(), GenerationRequest("r", (), prompt="hi")) == [104, 105]
+    for prompt in ("", ()):
+        with pytest.raises(EngineError) as caught:
+            request_prompt_ids(NoBosTokenizer(), GenerationRequest("r", (), prompt=prompt))
+        assert (caught.value.kind, caught.value.param) == ("invalid_request", "prompt")
+    with pytest.raises(EngineError, match="outside this model's vocabulary"):
+        request_prompt_ids(NoBosTokenizer(), GenerationRequest("r", (), prompt=(1, 300)))
