@@ -30,8 +30,9 @@ from runtime.engines.base import EmbeddingRequest, EmbeddingResult, GenerationRe
 from runtime.model_api import ModelCard, ModelClient, ModelHealth, StreamItem
 from runtime.model_server import ModelServer
 from runtime.openai.ingress import create_app
+from runtime.openai.metrics import ServingMetrics, merge_expositions
 from runtime.openai.service import Admission
-from runtime.plan import AppPlan, DeploymentPlan
+from runtime.plan import HEALTH_PROBE_HEADROOM, AppPlan, DeploymentPlan
 from runtime.records import CompletionRecord, Recording
 
 logger = logging.getLogger("aana.app")
@@ -117,6 +118,8 @@ class RemoteModel:
 # cluster reaches: a Serve handle call would reach one ingress replica only.
 KV_NAMESPACE = "aana"
 REPORT_INTERVAL_S = 0.2
+METRICS_INTERVAL_S = 1.0  # a scrape sees other replicas' counts at most this old (Prometheus scrapes every 15 s or so)
+METRICS_STALE_S = 10.0  # a replica silent this long has stopped: its gauges no longer count, its totals do
 
 
 def kv_prefix(app: str) -> bytes:
@@ -126,6 +129,10 @@ def kv_prefix(app: str) -> bytes:
 
 def front_key(app: str) -> bytes:
     return kv_prefix(app) + b"front"
+
+
+def metrics_prefix(app: str) -> bytes:
+    return kv_prefix(app) + b"metrics/"
 
 
 def drain_key(app: str) -> bytes:
@@ -175,27 +182,61 @@ class StartupSteps:
 
 
 class DrainWatch:
-    """One ingress replica's side of a drain: a thread that reads the app's drain flag (set by `aana down` or a
-    stopping `aana up`) and reports this replica's requests in flight, every REPORT_INTERVAL_S."""
+    """One front replica's side of a drain and of the app's metrics: a thread that reads the app's drain flag (set by
+    `aana down` or a stopping `aana up`) and reports this replica's requests in flight, every REPORT_INTERVAL_S, and
+    publishes this replica's metrics every METRICS_INTERVAL_S, so a scrape that reaches any replica sums them all."""
 
-    def __init__(self, app: str, admission: Admission):
+    def __init__(self, app: str, admission: Admission, metrics: ServingMetrics | None = None):
         self.app = app
         self.admission = admission
-        self.key = report_prefix(app) + serve.get_replica_context().replica_id.unique_id.encode()
+        self.metrics = metrics
+        replica = serve.get_replica_context().replica_id.unique_id.encode()
+        self.key = report_prefix(app) + replica
+        self.metrics_key = metrics_prefix(app) + replica
         self.stopped = threading.Event()
         threading.Thread(target=self._run, name="aana-drain-watch", daemon=True).start()
 
     def _run(self) -> None:
         from ray.experimental import internal_kv
 
+        published = 0.0
         while not self.stopped.wait(REPORT_INTERVAL_S):
             try:
                 if internal_kv._internal_kv_get(drain_key(self.app), namespace=KV_NAMESPACE):
                     self.admission.draining = True
                 report = {"draining": self.admission.draining, "in_flight": self.admission.in_flight, "at": time.time()}
                 internal_kv._internal_kv_put(self.key, json.dumps(report), namespace=KV_NAMESPACE)
+                if self.metrics is not None and time.monotonic() - published >= METRICS_INTERVAL_S:
+                    self._publish_metrics()
+                    published = time.monotonic()
             except (RayError, OSError) as exc:  # the GCS is restarting or gone: try again next round
                 logger.warning("drain watch of %s: %s", self.app, exc)
+
+    def _publish_metrics(self) -> None:
+        from ray.experimental import internal_kv
+
+        snapshot = json.dumps({"at": time.time(), "text": self.metrics.exposition()})
+        internal_kv._internal_kv_put(self.metrics_key, snapshot, namespace=KV_NAMESPACE)
+
+    async def scrape(self) -> str:
+        """The app's metrics: this replica's live ones plus every other front replica's last published ones."""
+        others = await asyncio.to_thread(self._others)
+        live = [self.metrics.exposition()] if self.metrics is not None else []
+        fresh = [s["text"] for s in others if time.time() - s["at"] <= METRICS_STALE_S]
+        stale = [s["text"] for s in others if time.time() - s["at"] > METRICS_STALE_S]
+        return merge_expositions(live + fresh, stale)
+
+    def _others(self) -> list[dict]:
+        from ray.experimental import internal_kv
+
+        snapshots = []
+        try:
+            for key in internal_kv._internal_kv_list(metrics_prefix(self.app), namespace=KV_NAMESPACE):
+                if key != self.metrics_key and (raw := internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)):
+                    snapshots.append(json.loads(raw))
+        except (RayError, OSError) as exc:  # this replica's own numbers are still worth a scrape
+            logger.warning("could not read the other replicas' metrics: %s", exc)
+        return snapshots
 
     def stop(self) -> None:
         self.stopped.set()
@@ -223,7 +264,8 @@ class _HTTPFront:
         self.api_key = api_key
         self.replicas = replicas
         self.admission = Admission()
-        self.drain_watch = DrainWatch(app_name, self.admission)
+        self.metrics = ServingMetrics()
+        self.drain_watch = DrainWatch(app_name, self.admission, self.metrics)
         self.recorder = None
         if recording is not None:
             from runtime.store.recorder import RequestRecorder
@@ -244,6 +286,8 @@ class _HTTPFront:
             self.replicas,
             self.max_body_bytes,
             self.allowed_hosts,
+            self.metrics,
+            self.drain_watch.scrape,
         )
 
     def _record(self, record: CompletionRecord) -> None:
@@ -301,7 +345,7 @@ class ModelIngress(_HTTPFront):
             await self.server.start()
         models: dict[str, ModelClient] = {plan.model_id: self.server}
         models |= {name: RemoteModel(name, handle) for name, handle in (handles or {}).items()}
-        self._open_front(app_name, cards or (plan.card(),), models, api_key, recording, plan.num_replicas,
+        self._open_front(app_name, cards or (plan.card(),), models, api_key, recording, plan.max_replicas,
                          max_body_bytes, allowed_hosts)  # fmt: skip
 
     async def check_health(self) -> None:
@@ -329,7 +373,10 @@ def build_app(plan: AppPlan, recording: Recording | None = None) -> serve.Applic
             handles[d.model_id] = serve.deployment(ModelDeployment).options(**_model_options(d)).bind(d)
     if plan.front is not None:
         [d] = [d for d in plan.deployments if d.model_id == plan.front]
-        model = serve.deployment(ModelIngress).options(**_model_options(d))
+        options = _model_options(d)
+        # Its replicas admit every model's requests (the others' through their handles): room for all of them.
+        options["max_ongoing_requests"] = sum(c.limits.capacity for c in plan.cards) + HEALTH_PROBE_HEADROOM
+        model = serve.deployment(ModelIngress).options(**options)
         return model.bind(d, plan.app_name, plan.api_key, recording, plan.max_body_bytes, plan.allowed_hosts,
                           plan.cards, handles)  # fmt: skip
     ingress = serve.deployment(OpenAIIngress).options(**plan.ingress_options())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
@@ -59,13 +60,17 @@ class ModelServer:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         self.queued += 1
+        arrived = time.perf_counter()
         try:
             await self._slots.acquire()
         finally:
             self.queued -= 1
+        queued_s: float | None = time.perf_counter() - arrived
         generator = coalesce(self.engine.generate(request))
         try:
             async for delta in generator:
+                if queued_s is not None:
+                    delta, queued_s = replace(delta, queued_s=queued_s), None
                 yield delta
         except EngineError as exc:
             yield exc.as_stream_error()

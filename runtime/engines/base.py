@@ -119,6 +119,9 @@ class Delta:
     finish_reason: FinishReason | None = None
     index: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()
+    # Seconds the request waited in the model replica before its engine took it: on the replica's first delta only
+    # (a measurement, not content: deltas compare equal without it).
+    queued_s: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,10 @@ def request_prompt_ids(
     if request.prompt is None:
         return chat_prompt_ids(tokenizer, request, chat_template)
     if isinstance(request.prompt, str):
-        return list(tokenizer(request.prompt, add_special_tokens=True)["input_ids"])
+        ids = list(tokenizer(request.prompt, add_special_tokens=True)["input_ids"])
+        if not ids:  # an empty prompt, for a tokenizer that adds no BOS: nothing to continue from
+            raise EngineError("invalid_request", "prompt is empty; send at least one token", "prompt")
+        return ids
     ids = list(request.prompt)
     check_token_ids(ids, vocab_size or len(tokenizer), "prompt")
     return ids

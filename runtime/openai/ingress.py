@@ -27,6 +27,7 @@ from runtime.openai.completions import Completions
 from runtime.openai.embeddings import Embeddings
 from runtime.openai.errors import APIError, from_validation_errors
 from runtime.openai.metering import Meter, OnRecord
+from runtime.openai.metrics import CONTENT_TYPE, ServingMetrics
 from runtime.openai.responses import Responses
 from runtime.openai.service import (
     Admission,
@@ -153,9 +154,12 @@ def create_app(
     share: int = 1,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     allowed_hosts: Sequence[str] = ANY_HOST,
+    metrics: ServingMetrics | None = None,
+    scrape: Callable[[], Awaitable[str]] | None = None,
 ) -> FastAPI:
     """The app over `models`. `share`: how many ingress replicas split each model's admission capacity. With an
-    API key, the interactive docs and the OpenAPI document are off (they would answer without the key)."""
+    API key, the interactive docs and the OpenAPI document are off (they would answer without the key). `metrics`:
+    this replica's; `scrape`: the exposition of the whole app for GET /metrics (default: this replica's alone)."""
     docs = {} if api_key is None else {"docs_url": None, "openapi_url": None}
     app = FastAPI(
         title="aana",
@@ -171,9 +175,22 @@ def create_app(
     authorized = [Depends(bearer_auth(api_key))]
     created = int(time.time())
 
+    metrics = metrics or ServingMetrics()
+
     async def admitted() -> Exchange:
-        admission.enter()
-        return Exchange(admission, Meter(on_record))
+        try:
+            admission.enter()
+        except APIError as exc:  # draining: turned away before any model was asked
+            metrics.requests.labels("", str(exc.status)).inc()
+            metrics.rejected.labels("", str(exc.status)).inc()
+            raise
+        return Exchange(admission, Meter(on_record, metrics))
+
+    async def exposition() -> str:
+        return metrics.exposition()
+
+    async def metrics_route() -> Response:  # open without a key, as vLLM's: scrapers rarely send one
+        return Response(await (scrape or exposition)(), media_type=CONTENT_TYPE)
 
     async def chat_completions(request: Request, exchange: Exchange = Depends(admitted)) -> Response:
         return await respond(exchange, chat.create(json_body(request, max_body_bytes), exchange))
@@ -211,6 +228,7 @@ def create_app(
         return {"status": "alive"}
 
     app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/metrics", metrics_route, methods=["GET"])
     app.add_api_route("/live", live, methods=["GET"])
     return app
 

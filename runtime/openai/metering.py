@@ -14,7 +14,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 
+from prometheus_client import Gauge
+
 from runtime.engines.base import Delta, StreamError
+from runtime.openai.metrics import ServingMetrics
 from runtime.records import CLIENT_CLOSED, CompletionRecord
 
 logger = logging.getLogger("aana.ingress")
@@ -31,8 +34,12 @@ def model_label(model: str) -> str:
 
 
 class Meter:
-    def __init__(self, on_record: OnRecord | None):
+    def __init__(self, on_record: OnRecord | None, metrics: ServingMetrics | None = None):
         self.on_record = on_record
+        self.metrics = metrics
+        self.model_id: str | None = None  # the served model it reached (the metrics' label), once known
+        self._phase: Gauge | None = None  # the gauge counting this request now (waiting, then running)
+        self._last_token_at: float | None = None
         self.started = time.perf_counter()
         self.created_at = datetime.now(timezone.utc)
         self.request_id = ""
@@ -46,21 +53,58 @@ class Meter:
         self.error: StreamError | None = None
 
     async def watch(self, items: AsyncIterator[Delta | StreamError]) -> AsyncIterator[Delta | StreamError]:
-        async for item in items:
-            if isinstance(item, StreamError):
-                self.error = item
-            else:
-                self._observe(item)
-            yield item
+        self._enter("waiting")
+        try:
+            async for item in items:
+                if isinstance(item, StreamError):
+                    self.error = item
+                else:
+                    self._observe(item)
+                yield item
+        finally:
+            await items.aclose()  # closing the meter's stream stops the model's
 
     def _observe(self, delta: Delta) -> None:
+        now = time.perf_counter()
         if self.ttft_ms is None and delta.text:
-            self.ttft_ms = (time.perf_counter() - self.started) * 1000
+            self.ttft_ms = (now - self.started) * 1000
+            if self.metrics is not None and self.model_id is not None:
+                self.metrics.ttft.labels(self.model_id).observe(self.ttft_ms / 1000)
+        self._enter("running")
+        if delta.queued_s is not None and self.metrics is not None and self.model_id is not None:
+            self.metrics.queue.labels(self.model_id).observe(delta.queued_s)
         self.prompt_tokens = delta.prompt_tokens
         if delta.index not in self.finish_reasons:  # the streaming layer ignores anything after a choice's end
+            new_tokens = delta.completion_tokens - self.completion_tokens.get(delta.index, 0)
+            self._inter_token(now, new_tokens)
             self.completion_tokens[delta.index] = delta.completion_tokens
             if delta.finish_reason is not None:
                 self.finish_reasons[delta.index] = delta.finish_reason
+
+    def _inter_token(self, now: float, new_tokens: int) -> None:
+        """The time between tokens, as vLLM measures it: a delta that brings k tokens after a gap brings k gaps of
+        gap / k (a replica merges the tokens a slow consumer missed into one delta)."""
+        if new_tokens <= 0:
+            return
+        if self._last_token_at is not None and self.metrics is not None and self.model_id is not None:
+            histogram = self.metrics.itl.labels(self.model_id)
+            gap = (now - self._last_token_at) / new_tokens
+            for _ in range(min(new_tokens, 64)):
+                histogram.observe(gap)
+        self._last_token_at = now
+
+    def _enter(self, phase: str | None) -> None:
+        """Move this request between the waiting and running gauges (None: out of both)."""
+        if self.metrics is None or self.model_id is None:
+            return
+        gauge = None if phase is None else (self.metrics.waiting if phase == "waiting" else self.metrics.running)
+        if gauge is self._phase:
+            return
+        if self._phase is not None:
+            self._phase.labels(self.model_id).dec()
+        if gauge is not None:
+            gauge.labels(self.model_id).inc()
+        self._phase = gauge
 
     @property
     def completed(self) -> bool:
@@ -72,6 +116,22 @@ class Meter:
         if status_code == 200 and self.error is None and not self.completed:
             return CLIENT_CLOSED
         return status_code
+
+    def _count(self, status_code: int) -> None:
+        """The request's part of the metrics, once it has ended."""
+        if self.metrics is None:
+            return
+        self._enter(None)
+        model = self.model_id or ""  # only served models' names: a client's arbitrary name would be a new series
+        self.metrics.requests.labels(model, str(status_code)).inc()
+        if status_code == 429:
+            self.metrics.rejected.labels(model, "429").inc()
+        if self.model_id is None:
+            return
+        self.metrics.prompt_tokens.labels(model).inc(self.prompt_tokens or 0)
+        self.metrics.generation_tokens.labels(model).inc(sum(self.completion_tokens.values()))
+        if status_code == 200 and self.completed:
+            self.metrics.e2e.labels(model).observe(time.perf_counter() - self.started)
 
     def _finish_reason(self, status_code: int) -> str | None:
         """The record's one finish reason: choice 0's, "error", or "abort" for a client that left before the end."""
@@ -85,6 +145,7 @@ class Meter:
 
     def finish(self, status_code: int) -> None:
         status_code = self.final_status(status_code)
+        self._count(status_code)
         if self.on_record is None:
             return
         record = CompletionRecord(
