@@ -15,6 +15,7 @@ from rich.table import Table
 from runtime.cluster import Progress, StatusChanges
 from runtime.lifecycle import Serving
 from runtime.plan import AppPlan
+from runtime.status import SERVING
 
 __all__ = ["err", "escape", "out"]
 
@@ -42,7 +43,12 @@ def plan_table(plan: AppPlan) -> Table:
         grid.add_row("", "")
         grid.add_row(f"[cyan]{escape(d.model_id)}[/]", f"engine {d.engine}")
         grid.add_row("  model", escape(d.source.describe()))
-        grid.add_row("  resources", f"{d.num_replicas} replica(s) x {d.num_cpus:g} CPU, {d.num_gpus:g} GPU")
+        replicas = (
+            f"{d.num_replicas}-{d.max_replicas} replicas (autoscaled)"
+            if d.autoscaling
+            else f"{d.num_replicas} replica(s)"
+        )
+        grid.add_row("  resources", f"{replicas} x {d.num_cpus:g} CPU, {d.num_gpus:g} GPU")
         grid.add_row("  context", f"{d.max_model_len} tokens" if d.max_model_len else "the model's own")
         grid.add_row("  template", "the model's own" if d.chat_template is None else "from the spec")
         grid.add_row("  sampling", _pairs(d.sampling.model_dump(exclude_none=True)) or "engine defaults")
@@ -158,7 +164,8 @@ def status_view(snapshot: dict) -> None:
         out.print(_app_table(app))
         for d in app["deployments"]:
             if d["message"] and d["status"] != "HEALTHY":
-                out.print(f"  [red]{escape(d['name'])}: {escape(_last_line(d['message']))}[/]", soft_wrap=True)
+                style = "yellow" if d["status"] in SERVING else "red"  # autoscaling says what it does: no failure
+                out.print(f"  [{style}]{escape(d['name'])}: {escape(_last_line(d['message']))}[/]", soft_wrap=True)
 
 
 def _app_table(app: dict) -> Table:
@@ -169,19 +176,34 @@ def _app_table(app: dict) -> Table:
     if app["endpoint"]:
         title += f"  {escape(app['endpoint'])}"
     table = Table(title=title, title_justify="left")
-    table.caption = "last hour: requests/errors, TTFT and latency p50/p95 in ms"
+    table.caption = (
+        "replicas: running/target (min-max when autoscaled); last hour: requests/errors, TTFT and latency p50/p95 in ms"
+    )
     for column in ("deployment", "status", "replicas", "req/err", "TTFT", "latency"):
         table.add_column(column, no_wrap=True, overflow="fold" if column == "deployment" else "ellipsis")
     requests = app.get("requests") or {}
     for d in app["deployments"]:
-        replicas = ", ".join(f"{n} {state.lower()}" for state, n in d["replicas"].items()) or "-"
         stats = requests.get(d["name"]) if d["role"] == "model" else None
         cells = ["-"] * 3
         if stats:
             cells = [f"{stats['count']}/{stats['errors']}", _p(stats.get("ttft_ms")), _p(stats.get("latency_ms"))]
         name = escape(d["name"]) + (" (ingress)" if d["role"] == "ingress" else "")
-        table.add_row(name, f"[{_STYLE.get(d['status'], 'red')}]{d['status']}[/]", replicas, *cells)
+        status = f"[{_STYLE.get(d['status'], 'red')}]{d['status']}[/]"
+        table.add_row(name, status, _replicas(d), *cells)
     return table
+
+
+def _replicas(deployment: dict) -> str:
+    """`1/2 (1-4)`: running/target like kubectl's READY, and an autoscaled deployment's bounds (the replicas in each
+    state are in --json). Without a target from Serve, the count of each state."""
+    counts = deployment["replicas"]
+    target = deployment.get("target_replicas")
+    if target is None:
+        return ", ".join(f"{n} {state.lower()}" for state, n in counts.items()) or "-"
+    text = f"{counts.get('RUNNING', 0)}/{target}"
+    if bounds := deployment.get("autoscaling"):
+        text += f" ({bounds['min_replicas']}-{bounds['max_replicas']})"
+    return text
 
 
 def _p(values: dict | None) -> str:

@@ -20,6 +20,7 @@ from aana_cli import console
 from aana_cli.options import Address, DatabaseUrl, DrainTimeout, Host, Json, Port, SpecPath
 from runtime import detached, lifecycle
 from runtime.errors import Interrupted, LaunchError
+from runtime.export import Format
 from runtime.plan import AppPlan, load_plan, local_path_problems
 from runtime.preflight import engine_args_problems, missing_package_problems
 from runtime.spec import SpecError
@@ -78,6 +79,7 @@ def _plan_json(plan: AppPlan) -> dict:
                 "engine": d.engine,
                 "source": {"kind": d.source.kind, "location": d.source.location},
                 "num_replicas": d.num_replicas,
+                "autoscaling": d.autoscaling.model_dump() if d.autoscaling else None,
                 "num_cpus": d.num_cpus,
                 "num_gpus": d.num_gpus,
                 "max_model_len": d.max_model_len,
@@ -159,6 +161,27 @@ def migrate(
     from aana_cli import migrate_cmd
 
     migrate_cmd.run(database_url, spec, to, show_status, print_sql)
+
+
+@app.command()
+def export(
+    spec: SpecPath,
+    fmt: Format = typer.Option(
+        "serve",
+        "--format",
+        help="serve: a Ray Serve config for `serve deploy`; rayservice: a KubeRay RayService manifest embedding it.",
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", dir_okay=False, help="Write the file here instead of to stdout."
+    ),
+    host: Host = None,
+    port: Port = None,
+) -> None:
+    """Write the spec for a production Ray cluster; `${VAR}` references stay references, resolved on the cluster."""
+    from aana_cli import export_cmd
+
+    with _exit_codes():
+        export_cmd.run(spec, fmt, output, host, port)
 
 
 @app.command()

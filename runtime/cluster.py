@@ -17,7 +17,7 @@ from typing import Any
 
 from runtime.errors import LaunchError, Unreachable
 from runtime.plan import AppPlan
-from runtime.preflight import cpu_problems, gpu_problems
+from runtime.preflight import cpu_problems, gpu_problems, scaling_warnings
 from runtime.records import Recording
 
 POLL_INTERVAL_S = 0.5
@@ -128,6 +128,14 @@ def cpu_count() -> float:
     import ray
 
     return ray.cluster_resources().get("CPU", 0.0)
+
+
+def resource_warnings(plan: AppPlan) -> list[str]:
+    """What the connected cluster cannot hold at the top of the plan's autoscaling ranges (the app still starts)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    return scaling_warnings(plan, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
 
 
 def resource_problems(plan: AppPlan) -> list[str]:

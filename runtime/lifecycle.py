@@ -95,6 +95,8 @@ def up(request: UpRequest, observer: Observer) -> None:
         plan = plan.with_ingress_replicas(cluster.cpu_count())
         if problems := cluster.resource_problems(plan):
             raise LaunchError(*problems)
+        for warning in cluster.resource_warnings(plan):
+            observer.warning(warning)
         cluster.deploy(plan, Recording(database_url, run_id))
         cluster.wait_until_running(plan, request.timeout_s, observer.progress)
         local_apps.save(

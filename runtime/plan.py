@@ -18,7 +18,7 @@ from runtime.engines.options import EngineOptions
 from runtime.engines.registry import ENGINES
 from runtime.model_api import ModelCard, RequestLimits
 from runtime.sources import ModelSource
-from runtime.spec import DEFAULT_MAX_BODY_MB, AppSpec, Problem, SamplingSpec, SpecError, load_spec
+from runtime.spec import DEFAULT_MAX_BODY_MB, AppSpec, AutoscalingSpec, Problem, SamplingSpec, SpecError, load_spec
 
 BUNDLED_TEMPLATES = ("llama2", "chatml", "hermes")
 INGRESS_NUM_CPUS = 0.1
@@ -42,7 +42,7 @@ class DeploymentPlan:
     source: ModelSource
     tokenizer: str | None
     chat_template: str | None  # Jinja text; None means the model's own
-    num_replicas: int
+    num_replicas: int  # with autoscaling: the replicas it starts with (min_replicas)
     num_cpus: float
     num_gpus: float
     max_ongoing_requests: int
@@ -52,10 +52,16 @@ class DeploymentPlan:
     engine_args: dict[str, Any] = field(default_factory=dict)  # the pass-through table, untouched
     limits: RequestLimits = field(default_factory=RequestLimits)
     tool_parser: str | None = None
+    autoscaling: AutoscalingSpec | None = None  # None: a fixed num_replicas
 
     @property
     def supports(self) -> frozenset[str]:
         return ENGINES[self.engine].supports
+
+    @property
+    def max_replicas(self) -> int:
+        """The most replicas this model can have: what the request limits are sized for."""
+        return self.autoscaling.max_replicas if self.autoscaling else self.num_replicas
 
     @property
     def ray_actor_options(self) -> dict[str, Any]:
@@ -63,9 +69,14 @@ class DeploymentPlan:
 
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments for this model's `serve.Deployment.options` (the caller adds the runtime env)."""
+        if self.autoscaling is None:
+            replicas: dict[str, Any] = {"num_replicas": self.num_replicas}
+        else:
+            # Every key explicit, so the spec's documented defaults are what Serve runs, whatever its own become.
+            replicas = {"autoscaling_config": self.autoscaling.model_dump()}
         return {
             "name": self.model_id,
-            "num_replicas": self.num_replicas,
+            **replicas,
             # Room for every request the ingress admits plus health probes: the replica itself holds generation to
             # max_ongoing_requests (ModelServer), so a probe never waits behind it in Ray's queue.
             "max_ongoing_requests": self.limits.capacity + HEALTH_PROBE_HEADROOM,
@@ -203,7 +214,7 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
                 source=model_source,
                 tokenizer=tokenizer,
                 chat_template=template,
-                num_replicas=dep.num_replicas,
+                num_replicas=dep.autoscaling.min_replicas if dep.autoscaling else dep.num_replicas,
                 num_cpus=dep.num_cpus,
                 num_gpus=dep.num_gpus,
                 max_ongoing_requests=dep.max_ongoing_requests,
@@ -213,6 +224,7 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
                 engine_args=dict(dep.engine_args),
                 limits=_limits(dep, spec.server.request_timeout_s),
                 tool_parser=dep.tool_parser,
+                autoscaling=dep.autoscaling,
             )
         )
     if problems:
@@ -256,11 +268,14 @@ def _allowed_hosts(bind: str, allowed: list[str] | None) -> tuple[str, ...]:
 
 
 def _limits(dep: Any, server_timeout_s: float) -> RequestLimits:
+    # An autoscaled model is admitted for all the replicas it may grow to: what waits meanwhile is the load that
+    # makes the autoscaler add them.
+    replicas = dep.autoscaling.max_replicas if dep.autoscaling else dep.num_replicas
     queued = dep.max_queued_requests
     if queued is None:
-        queued = 2 * dep.max_ongoing_requests * dep.num_replicas
+        queued = 2 * dep.max_ongoing_requests * replicas
     return RequestLimits(
-        capacity=dep.max_ongoing_requests * dep.num_replicas + queued,
+        capacity=dep.max_ongoing_requests * replicas + queued,
         timeout_s=dep.request_timeout_s or server_timeout_s,
         max_tokens_per_request=dep.max_tokens_per_request,
         max_logprobs_per_request=dep.max_logprobs_per_request,

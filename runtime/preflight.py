@@ -16,7 +16,7 @@ import subprocess
 
 from runtime.engines.registry import ENGINES, engine_arg_problems, missing_packages
 from runtime.errors import LaunchError
-from runtime.plan import AppPlan, local_path_problems
+from runtime.plan import AppPlan, DeploymentPlan, local_path_problems
 
 
 def problems(plan: AppPlan, embedded: bool) -> list[str]:
@@ -52,26 +52,68 @@ def engine_args_problems(plan: AppPlan) -> list[str]:
 
 
 def gpu_problems(plan: AppPlan, gpus: float, where: str) -> list[str]:
-    return [
+    """A replica that needs more GPU than there is, or more GPU than there is for the replicas that start (an
+    autoscaled model starts min_replicas)."""
+    found = [
         f"deployment {d.model_id!r} needs {d.num_gpus:g} GPU per replica, but {where} has "
         f"{'no GPU' if not gpus else f'{gpus:g} GPU'}; run it where a GPU is visible to Ray, or lower "
         f"deployments.{d.model_id}.num_gpus"
         for d in plan.deployments
         if d.num_gpus > gpus
     ]
+    needed = sum(d.num_gpus * d.num_replicas for d in plan.deployments)
+    if not found and needed > gpus + 1e-9:
+        parts = [_share(d, d.num_gpus) for d in plan.deployments if d.num_gpus]
+        found.append(
+            f"the deployments need {needed:g} GPUs in all to start ({', '.join(parts)}) but {where} has {gpus:g}; "
+            f"lower num_gpus (fractions are allowed), {_replica_keys(plan)}"
+        )
+    return found
 
 
 def cpu_problems(plan: AppPlan, cpus: float) -> list[str]:
+    """More CPU than the cluster has for the replicas that start (an autoscaled model starts min_replicas)."""
     ingress = plan.ingress_cpus
     needed = ingress + sum(d.num_cpus * d.num_replicas for d in plan.deployments)
     if needed <= cpus + 1e-9:
         return []
     parts = [f"ingress {ingress:g}"] if ingress else []
-    parts += [f"{d.model_id}: {d.num_replicas} x {d.num_cpus:g}" for d in plan.deployments]
+    parts += [_share(d, d.num_cpus) for d in plan.deployments]
     return [
-        f"the deployments need {needed:g} CPUs in all ({', '.join(parts)}) but the Ray "
-        f"cluster has {cpus:g}; lower num_cpus (fractions are allowed) or num_replicas"
+        f"the deployments need {needed:g} CPUs in all to start ({', '.join(parts)}) but the Ray "
+        f"cluster has {cpus:g}; lower num_cpus (fractions are allowed), {_replica_keys(plan)}"
     ]
+
+
+def scaling_warnings(plan: AppPlan, cpus: float, gpus: float) -> list[str]:
+    """Autoscaled models whose max_replicas the cluster cannot hold beside the rest of the app. Not an error: the app
+    starts, and Ray leaves the replicas it cannot place pending until a node with room joins (or the load drops)."""
+    found = []
+    for kind, have, per_replica, base in (
+        ("CPU", cpus, lambda d: d.num_cpus, plan.ingress_cpus),
+        ("GPU", gpus, lambda d: d.num_gpus, 0.0),
+    ):
+        needed = base + sum(per_replica(d) * d.max_replicas for d in plan.deployments)
+        scaled = [d for d in plan.deployments if d.autoscaling and per_replica(d) and d.max_replicas > d.num_replicas]
+        if scaled and needed > have + 1e-9:
+            names = ", ".join(f"{d.model_id} up to {d.max_replicas} x {per_replica(d):g}" for d in scaled)
+            found.append(
+                f"at autoscaling.max_replicas the deployments need {needed:g} {kind}s ({names}) but the Ray cluster "
+                f"has {have:g}: replicas beyond that stay pending until a node with room joins; lower max_replicas "
+                f"or num_{kind.lower()}s, or add nodes"
+            )
+    return found
+
+
+def _share(d: DeploymentPlan, per_replica: float) -> str:
+    return f"{d.model_id}: {d.num_replicas} x {per_replica:g}"
+
+
+def _replica_keys(plan: AppPlan) -> str:
+    """The keys that set how many replicas start: num_replicas, and min_replicas where a model autoscales."""
+    if any(d.autoscaling for d in plan.deployments):
+        return "num_replicas or autoscaling.min_replicas"
+    return "or num_replicas"
 
 
 def local_gpu_count() -> int:

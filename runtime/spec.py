@@ -21,8 +21,10 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from runtime.engines.registry import ENGINES, EngineInfo
@@ -34,6 +36,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 DEFAULT_MAX_BODY_MB = 8.0
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+SERVE_METRICS_PUSH_S = 10.0  # how often Ray Serve's replicas and handles report their load (its default)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,64 @@ class SamplingSpec(_Section):
         return [value] if isinstance(value, str) else value
 
 
+class AutoscalingSpec(_Section):
+    """Ray Serve's request-based autoscaler for one model: it keeps each replica near `target_ongoing_requests`
+    (running plus waiting), between `min_replicas` and `max_replicas`."""
+
+    min_replicas: int = Field(
+        1,
+        description="Replicas it starts with and never goes below. At least 1: GET /health asks every model, and "
+        "the model that serves the app's HTTP cannot scale to zero.",
+    )
+    max_replicas: int = Field(
+        ge=1,
+        description="Most replicas; each needs its own num_cpus and num_gpus, and the request limits are sized "
+        "for this many.",
+    )
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Requests (running and waiting) per replica the autoscaler aims for."
+    )
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="How long the load must call for more replicas before they are added."
+    )
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="How long the load must call for fewer replicas before they are removed."
+    )
+    look_back_period_s: float = Field(
+        30.0,
+        description="Window the load is averaged over; a shorter one follows a change sooner. More than "
+        f"{SERVE_METRICS_PUSH_S:g} s (how often Ray Serve's replicas report their load).",
+    )
+
+    @field_validator("min_replicas")
+    @classmethod
+    def _keeps_one_replica(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(
+                "must be at least 1: aana keeps one replica of every model (GET /health asks each model, and the "
+                "model that serves the app's HTTP cannot scale to zero)"
+            )
+        return value
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _at_least_min(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_replicas")
+        if low is not None and value < low:
+            raise ValueError(f"must be at least min_replicas ({low}); raise it or lower min_replicas")
+        return value
+
+    @field_validator("look_back_period_s")
+    @classmethod
+    def _longer_than_a_report(cls, value: float) -> float:
+        if value <= SERVE_METRICS_PUSH_S:
+            raise ValueError(
+                f"must be more than {SERVE_METRICS_PUSH_S:g} s: Ray Serve's replicas report their load every "
+                f"{SERVE_METRICS_PUSH_S:g} s, so a shorter window averages at most one report"
+            )
+        return value
+
+
 # The tool-call formats runtime.openai.tool_parsers reads (a unit test keeps the two lists equal).
 ToolParserName = Literal["hermes", "llama3_json", "mistral"]
 
@@ -152,7 +213,12 @@ class _DeploymentBase(_Section):
     )
     tokenizer: str | None = Field(None, description="Tokenizer source when it differs from `model`.")
     revision: str | None = Field(None, description="Model revision (branch, tag or commit) for Hugging Face ids.")
-    num_replicas: int = Field(1, ge=1, description="Copies of this model, each with its own resources.")
+    num_replicas: int = Field(
+        1, ge=1, description="Copies of this model, each with its own resources. Exclusive with [autoscaling]."
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        None, description="Scale the replicas with the load instead of a fixed num_replicas."
+    )
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica; fractions allowed.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per replica; fractions allowed.")
     max_model_len: int | None = Field(None, ge=1, description="Context length (prompt + completion) in tokens.")
@@ -161,7 +227,7 @@ class _DeploymentBase(_Section):
         None,
         ge=0,
         description="Requests that may wait for a replica beyond those running; more get 429 with Retry-After at "
-        "once. Default: 2 x max_ongoing_requests x num_replicas.",
+        "once. Default: 2 x max_ongoing_requests x num_replicas (autoscaling.max_replicas with autoscaling).",
     )
     request_timeout_s: float | None = Field(None, gt=0, description="This model's own [server] request_timeout_s.")
     max_tokens_per_request: int = Field(
@@ -192,6 +258,15 @@ class _DeploymentBase(_Section):
         description="Pass-through keyword arguments for the engine (Transformers `from_pretrained`, vLLM "
         "`AsyncEngineArgs`) that have no key of their own here.",
     )
+
+    @model_validator(mode="after")
+    def _fixed_or_autoscaled(self) -> _DeploymentBase:
+        if self.autoscaling is not None and "num_replicas" in self.model_fields_set:
+            raise ValueError(
+                "num_replicas and [autoscaling] are both set; keep one: a fixed num_replicas, or the autoscaling "
+                "table (its min_replicas is what starts)"
+            )
+        return self
 
 
 def _deployment_class(info: EngineInfo) -> type[_DeploymentBase]:
@@ -346,13 +421,21 @@ def _model_at(loc: tuple, raw: dict) -> type[BaseModel] | None:
             i += 2
             continue
         field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        annotation = _table_model(getattr(field, "annotation", None))
+        if annotation is None:
             return None
         model = annotation
         data = data.get(part, {}) if isinstance(data, dict) else {}
         i += 1
     return model
+
+
+def _table_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a sub-table field, also when the table is optional (`AutoscalingSpec | None`)."""
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _unknown_key(key: str, table: tuple, raw: dict) -> str:
@@ -362,8 +445,7 @@ def _unknown_key(key: str, table: tuple, raw: dict) -> str:
         return f"unknown key {key!r}"
     candidates = {name: name for name in model.model_fields}
     for name, field in model.model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
+        if (sub := _table_model(field.annotation)) is not None:
             candidates.update({f"{name}.{child}": child for child in sub.model_fields})
     best, best_score = None, 0.0
     for full, short in candidates.items():

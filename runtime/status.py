@@ -15,6 +15,8 @@ SCHEMA_ID = "aana.status/1"
 
 # 2 (nothing running) and 3 (unreachable) are the exit codes of runtime.errors.NothingRunning and Unreachable.
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_NOTHING = 0, 1, NothingRunning.exit_code
+# Deployment statuses of a deployment that serves: autoscaling moves a healthy one to UPSCALING or DOWNSCALING.
+SERVING = ("HEALTHY", "UPSCALING", "DOWNSCALING")
 
 _num = {"type": "number"}
 _str_or_null = {"type": ["string", "null"]}
@@ -34,7 +36,11 @@ STATUS_SCHEMA: dict[str, Any] = {
     "required": ["schema", "healthy", "cluster", "apps"],
     "properties": {
         "schema": {"const": SCHEMA_ID},
-        "healthy": {"type": "boolean", "description": "every app RUNNING and every deployment HEALTHY"},
+        "healthy": {
+            "type": "boolean",
+            "description": "every app RUNNING and every deployment HEALTHY (or UPSCALING / DOWNSCALING: serving while "
+            "the autoscaler changes its replicas)",
+        },
         "cluster": {
             "type": "object",
             "required": ["address", "nodes", "resources"],
@@ -75,12 +81,39 @@ STATUS_SCHEMA: dict[str, Any] = {
                         "type": "array",
                         "items": {
                             "type": "object",
-                            "required": ["name", "role", "status", "replicas", "message"],
+                            "required": [
+                                "name",
+                                "role",
+                                "status",
+                                "replicas",
+                                "target_replicas",
+                                "autoscaling",
+                                "message",
+                            ],
                             "properties": {
                                 "name": {"type": "string"},
                                 "role": {"enum": ["model", "ingress"]},
                                 "status": {"type": "string"},
-                                "replicas": {"type": "object", "additionalProperties": {"type": "integer"}},
+                                "replicas": {
+                                    "type": "object",
+                                    "description": "live replicas by state (RUNNING, STARTING, STOPPING, ...)",
+                                    "additionalProperties": {"type": "integer"},
+                                },
+                                "target_replicas": {
+                                    "type": ["integer", "null"],
+                                    "description": "the replicas Ray Serve is working towards (the autoscaler "
+                                    "moves it); null when Serve does not say",
+                                },
+                                "autoscaling": {
+                                    "type": ["object", "null"],
+                                    "description": "the bounds of an autoscaled deployment; null: fixed replicas",
+                                    "required": ["min_replicas", "max_replicas"],
+                                    "properties": {
+                                        "min_replicas": {"type": "integer"},
+                                        "max_replicas": {"type": "integer"},
+                                        "target_ongoing_requests": {"type": ["number", "null"]},
+                                    },
+                                },
                                 "message": {"type": "string"},
                             },
                         },
@@ -117,7 +150,7 @@ def snapshot_from(
     http = serve_details.get("http_options") or {}
     apps = [_app(app, http, now) for app in (serve_details.get("applications") or {}).values()]
     healthy = bool(apps) and all(
-        a["status"] == "RUNNING" and all(d["status"] == "HEALTHY" for d in a["deployments"]) for a in apps
+        a["status"] == "RUNNING" and all(d["status"] in SERVING for d in a["deployments"]) for a in apps
     )
     return {
         "schema": SCHEMA_ID,
@@ -144,6 +177,8 @@ def _app(app: dict[str, Any], http: dict[str, Any], now: float) -> dict[str, Any
             "role": "ingress" if d["name"] == INGRESS_NAME else "model",
             "status": _name(d.get("status", "")),
             "replicas": _replica_counts(d.get("replicas") or []),
+            "target_replicas": d.get("target_num_replicas"),
+            "autoscaling": _autoscaling(d.get("deployment_config") or {}),
             "message": d.get("message") or "",
         }
         for d in (app.get("deployments") or {}).values()
@@ -174,6 +209,17 @@ def _replica_counts(replicas: list[dict[str, Any]]) -> dict[str, int]:
         state = _name(replica.get("state", "UNKNOWN"))
         counts[state] = counts.get(state, 0) + 1
     return counts
+
+
+def _autoscaling(config: dict[str, Any]) -> dict[str, Any] | None:
+    bounds = config.get("autoscaling_config")
+    if not bounds:
+        return None
+    return {
+        "min_replicas": bounds.get("min_replicas", 1),  # Serve's defaults, should a config leave them out
+        "max_replicas": bounds.get("max_replicas", 1),
+        "target_ongoing_requests": bounds.get("target_ongoing_requests"),
+    }
 
 
 def _endpoint(http: dict[str, Any], route_prefix: str | None) -> str | None:

@@ -24,6 +24,7 @@ from runtime.plan import (
     local_path_problems,
     resolve_model_source,
 )
+from runtime.preflight import cpu_problems, gpu_problems, scaling_warnings
 from runtime.spec import Problem, SpecError, parse_spec
 
 
@@ -435,3 +436,94 @@ def test_sampling_default_the_engine_cannot_honour_is_a_spec_error(monkeypatch):
     [problem] = caught.value.problems
     assert problem.path == "deployments.m.sampling.presence_penalty"
     assert "transformers engine cannot honour presence_penalty" in problem.message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Autoscaling: the deployment options, the request limits and the preflight of what must fit
+
+AUTOSCALED = """
+num_cpus = 0.5
+max_ongoing_requests = 4
+[deployments.llm.autoscaling]
+min_replicas = 2
+max_replicas = 5
+target_ongoing_requests = 1.5
+upscale_delay_s = 1
+downscale_delay_s = 20
+look_back_period_s = 12
+"""
+
+
+def test_autoscaled_deployment_options_carry_serves_autoscaling_config_instead_of_num_replicas():
+    dep = one(AUTOSCALED)
+    assert (dep.num_replicas, dep.max_replicas) == (2, 5)  # num_replicas: what starts
+    options = dep.deployment_options()
+    assert "num_replicas" not in options
+    assert options["autoscaling_config"] == {
+        "min_replicas": 2, "max_replicas": 5, "target_ongoing_requests": 1.5, "upscale_delay_s": 1.0,
+        "downscale_delay_s": 20.0, "look_back_period_s": 12.0,
+    }  # fmt: skip
+    # Admission is sized for every replica the model may grow to: 5 x 4 running and twice that waiting.
+    assert dep.limits.capacity == 5 * 4 + 2 * 4 * 5
+    assert options["max_ongoing_requests"] == dep.limits.capacity + HEALTH_PROBE_HEADROOM
+    # Ray Serve accepts the config as it is (its own model checks the keys and bounds).
+    from ray.serve.config import AutoscalingConfig
+
+    assert AutoscalingConfig(**options["autoscaling_config"]).max_replicas == 5
+
+
+def test_autoscaled_limits_with_an_explicit_queue_keep_it():
+    dep = one(AUTOSCALED.replace("max_ongoing_requests = 4\n", "max_ongoing_requests = 4\nmax_queued_requests = 7\n"))
+    assert dep.limits.capacity == 5 * 4 + 7
+
+
+def test_a_fixed_deployment_has_no_autoscaling_and_max_replicas_is_its_count():
+    dep = one("num_replicas = 3\n")
+    assert dep.autoscaling is None and dep.max_replicas == 3
+    assert dep.deployment_options()["num_replicas"] == 3 and "autoscaling_config" not in dep.deployment_options()
+
+
+def test_an_autoscaled_plan_pickles():
+    dep = one(AUTOSCALED)
+    assert pickle.loads(pickle.dumps(dep)).autoscaling == dep.autoscaling
+
+
+def _two_models(llm: str, other: str = "num_cpus = 0.5\n") -> AppPlan:
+    return plan_for(
+        f'name = "demo"\n[server]\ningress = "separate"\ningress_replicas = 1\n[deployments.other]\nengine = "echo"\n'
+        f'{other}[deployments.llm]\nengine = "echo"\n{llm}'
+    )
+
+
+def test_cpu_preflight_counts_the_replicas_that_start():
+    # Starting needs 0.1 (ingress) + 0.5 + 2 x 0.5 = 1.6 CPUs; max_replicas (5 x 0.5) need not fit.
+    plan = _two_models(AUTOSCALED)
+    assert cpu_problems(plan, 1.6) == []
+    [problem] = cpu_problems(plan, 1.5)
+    assert problem == (
+        "the deployments need 1.6 CPUs in all to start (ingress 0.1, other: 1 x 0.5, llm: 2 x 0.5) but the Ray "
+        "cluster has 1.5; lower num_cpus (fractions are allowed), num_replicas or autoscaling.min_replicas"
+    )
+
+
+def test_scaling_warnings_name_the_max_replicas_the_cluster_cannot_hold():
+    plan = _two_models(AUTOSCALED)
+    # At max: 0.1 + 0.5 + 5 x 0.5 = 3.1 CPUs.
+    assert scaling_warnings(plan, cpus=3.1, gpus=0) == []
+    [warning] = scaling_warnings(plan, cpus=2, gpus=0)
+    assert warning.startswith("at autoscaling.max_replicas the deployments need 3.1 CPUs (llm up to 5 x 0.5) but the ")
+    assert "has 2: replicas beyond that stay pending" in warning and "lower max_replicas or num_cpus" in warning
+    # A fixed plan never warns, whatever it needs (cpu_problems refuses what cannot start).
+    assert scaling_warnings(_two_models("num_replicas = 3\n"), cpus=0.5, gpus=0) == []
+
+
+def test_gpu_preflight_counts_the_replicas_that_start_and_warns_about_the_max():
+    plan = _two_models(AUTOSCALED.replace("num_cpus = 0.5\n", "num_cpus = 0.5\nnum_gpus = 0.5\n"), "num_cpus = 0\n")
+    assert gpu_problems(plan, 1, "the Ray cluster") == []  # 2 x 0.5 start
+    [problem] = gpu_problems(plan, 0.5, "the Ray cluster")
+    assert problem.startswith("the deployments need 1 GPUs in all to start (llm: 2 x 0.5) but the Ray cluster has 0.5")
+    [warning] = scaling_warnings(plan, cpus=100, gpus=1)
+    assert "need 2.5 GPUs (llm up to 5 x 0.5)" in warning and "num_gpus" in warning
+    # One replica asking for more than the cluster has stays the per-replica message.
+    [alone] = gpu_problems(plan, 0, "this machine")
+    assert alone.startswith("deployment 'llm' needs 0.5 GPU per replica, but this machine has no GPU")

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from runtime.spec import (
     DEPLOYMENT_CLASSES,
     AppSpec,
+    AutoscalingSpec,
     DatabaseSpec,
     Problem,
     RaySpec,
@@ -236,7 +237,7 @@ def test_spec_is_frozen():
 
 
 SPEC_MODELS = [AppSpec, ServerSpec, DatabaseSpec, RaySpec, SamplingSpec, DEPLOYMENT_CLASSES["transformers"], DEPLOYMENT_CLASSES["vllm"],
-               DEPLOYMENT_CLASSES["echo"]]  # fmt: skip
+               DEPLOYMENT_CLASSES["echo"], AutoscalingSpec]  # fmt: skip
 
 
 @pytest.mark.parametrize("model", SPEC_MODELS, ids=lambda m: m.__name__)
@@ -675,3 +676,81 @@ def test_pure_modules_import_no_heavy_library():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"imported: {result.stdout.strip()}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Autoscaling
+
+
+def test_autoscaling_table_is_read_with_serves_defaults_for_what_it_leaves_out():
+    dep = spec(deployment("[deployments.llm.autoscaling]\nmax_replicas = 4\n")).deployments["llm"]
+    assert dep.autoscaling == AutoscalingSpec(
+        min_replicas=1, max_replicas=4, target_ongoing_requests=2.0, upscale_delay_s=30.0, downscale_delay_s=600.0,
+        look_back_period_s=30.0,
+    )  # fmt: skip
+    assert spec(ECHO).deployments["llm"].autoscaling is None
+
+
+def test_every_autoscaling_key_is_read():
+    dep = spec(
+        deployment(
+            """
+            [deployments.llm.autoscaling]
+            min_replicas = 2
+            max_replicas = 3
+            target_ongoing_requests = 1.5
+            upscale_delay_s = 0
+            downscale_delay_s = 5
+            look_back_period_s = 12
+            """
+        )
+    ).deployments["llm"]
+    assert dep.autoscaling == AutoscalingSpec(
+        min_replicas=2, max_replicas=3, target_ongoing_requests=1.5, upscale_delay_s=0, downscale_delay_s=5,
+        look_back_period_s=12,
+    )  # fmt: skip
+
+
+def test_autoscaling_and_an_explicit_num_replicas_are_one_problem_naming_both():
+    # Even num_replicas = 1, the default: a person who wrote it expects a fixed count.
+    for value in (1, 3):
+        found = only_problem(deployment(f"num_replicas = {value}\n[deployments.llm.autoscaling]\nmax_replicas = 2\n"))
+        assert found.path == "deployments.llm"
+        assert_words(found.message, "num_replicas", "[autoscaling]", "both set", "min_replicas")
+
+
+@pytest.mark.parametrize(
+    ("table", "path", "words"),
+    [
+        ("min_replicas = 0\nmax_replicas = 2", "min_replicas", ("at least 1", "GET /health", "(got 0)")),
+        ("min_replicas = -1\nmax_replicas = 2", "min_replicas", ("at least 1", "(got -1)")),
+        ("min_replicas = 3\nmax_replicas = 2", "max_replicas", ("at least min_replicas (3)", "(got 2)")),
+        ("max_replicas = 0", "max_replicas", ("greater than or equal to 1", "(got 0)")),
+        ("max_replicas = 2\ntarget_ongoing_requests = 0", "target_ongoing_requests", ("greater than 0",)),
+        ("max_replicas = 2\nupscale_delay_s = -1", "upscale_delay_s", ("greater than or equal to 0", "(got -1)")),
+        ("max_replicas = 2\ndownscale_delay_s = -0.5", "downscale_delay_s", ("greater than or equal to 0",)),
+        ("max_replicas = 2\nlook_back_period_s = 10", "look_back_period_s", ("more than 10 s", "report")),
+        ("max_replicas = 2.5", "max_replicas", ("integer", "(got 2.5)")),
+    ],
+)
+def test_bad_autoscaling_value_names_its_key_path(table, path, words):
+    found = only_problem(deployment(f"[deployments.llm.autoscaling]\n{table}\n"))
+    assert found.path == f"deployments.llm.autoscaling.{path}"
+    assert_words(found.message, *words)
+
+
+def test_autoscaling_needs_max_replicas():
+    found = only_problem(deployment("[deployments.llm.autoscaling]\nmin_replicas = 2\n"))
+    assert found.path == "deployments.llm.autoscaling.max_replicas"
+    assert_words(found.message, "missing required key 'max_replicas'", "Most replicas")
+
+
+def test_autoscaling_keys_get_near_match_hints_in_their_table_and_from_the_deployment():
+    typo = problems(deployment("[deployments.llm.autoscaling]\nmax_replica = 2\n"))
+    assert (
+        Problem("deployments.llm.autoscaling.max_replica", "unknown key 'max_replica'; did you mean 'max_replicas'?")
+        in typo
+    )
+    misplaced = only_problem(deployment("max_replicas = 2\n"))
+    assert misplaced.path == "deployments.llm.max_replicas"
+    assert_words(misplaced.message, "did you mean 'max_replicas'", "[deployments.llm.autoscaling]")

@@ -13,7 +13,8 @@ TOTAL = {"CPU": 2.0, "memory": 16 * 1024**3}
 AVAILABLE = {"CPU": 1.4, "memory": 16 * 1024**3}
 
 
-def _details(app_status="RUNNING", model_status="HEALTHY", message="", replica_state="RUNNING"):
+def _details(app_status="RUNNING", model_status="HEALTHY", message="", replica_state="RUNNING", tiny=None):
+    """Serve's instance details as `get_serve_details()` returns them; `tiny` replaces keys of the model's entry."""
     return {
         "http_options": {"host": "127.0.0.1", "port": 8000},
         "applications": {
@@ -28,12 +29,17 @@ def _details(app_status="RUNNING", model_status="HEALTHY", message="", replica_s
                         "name": "tiny",
                         "status": model_status,
                         "message": message,
+                        "deployment_config": {"name": "tiny", "num_replicas": 1},
+                        "target_num_replicas": 1,
                         "replicas": [{"state": replica_state}],
-                    },
+                    }
+                    | (tiny or {}),
                     "OpenAIIngress": {
                         "name": "OpenAIIngress",
                         "status": "HEALTHY",
                         "message": "",
+                        "deployment_config": {"name": "OpenAIIngress", "num_replicas": 1},
+                        "target_num_replicas": 1,
                         "replicas": [{"state": "RUNNING"}],
                     },
                 },
@@ -111,3 +117,60 @@ def test_rich_view_at_a_pinned_width(monkeypatch, width):
     assert "3/1" in text and "12/30" in text and "90/150" in text
     assert "tiny" in text and "OpenAIIngress (ingress)" in text  # the names never squeeze out
     assert max(len(line) for line in text.splitlines() if not line.startswith("cluster")) <= width
+
+
+# What Serve reports for a deployment with an autoscaling_config while the autoscaler adds a second replica.
+UPSCALING = {
+    "status": "UPSCALING",
+    "message": "Upscaling from 1 to 2 replicas.",
+    "deployment_config": {
+        "name": "tiny",
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1.0},
+    },
+    "target_num_replicas": 2,
+    "replicas": [{"state": "RUNNING"}, {"state": "STARTING"}],
+}
+
+
+def test_target_and_autoscaling_bounds_of_each_deployment():
+    snapshot = snapshot_from("a", NODES, TOTAL, AVAILABLE, _details(tiny=UPSCALING), now=0.0)
+    jsonschema.validate(snapshot, STATUS_SCHEMA)
+    tiny, ingress = snapshot["apps"][0]["deployments"]
+    assert tiny["replicas"] == {"RUNNING": 1, "STARTING": 1}
+    assert tiny["target_replicas"] == 2
+    assert tiny["autoscaling"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1.0}
+    assert (ingress["target_replicas"], ingress["autoscaling"]) == (1, None)
+
+
+def test_a_deployment_the_autoscaler_is_resizing_is_healthy():
+    for status in ("UPSCALING", "DOWNSCALING"):
+        snapshot = snapshot_from("a", NODES, TOTAL, AVAILABLE, _details(tiny=UPSCALING | {"status": status}), 0.0)
+        assert snapshot["healthy"] and exit_code(snapshot) == 0
+
+
+def test_a_deployment_without_a_target_from_serve_reads_null():
+    bare = {"deployment_config": {}, "target_num_replicas": None}
+    snapshot = snapshot_from("a", NODES, TOTAL, AVAILABLE, _details(tiny=bare), now=0.0)
+    jsonschema.validate(snapshot, STATUS_SCHEMA)
+    tiny = snapshot["apps"][0]["deployments"][0]
+    assert (tiny["target_replicas"], tiny["autoscaling"]) == (None, None)
+
+
+def test_rich_view_shows_running_over_target_and_the_autoscaling_bounds(monkeypatch):
+    pinned = Console(width=80, record=True, color_system=None)
+    monkeypatch.setattr(console, "out", pinned)
+    snapshot = snapshot_from("a", NODES, TOTAL, AVAILABLE, _details(tiny=UPSCALING), now=0.0)
+    console.status_view(snapshot)
+    text = pinned.export_text()
+    rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("│")}
+    assert "UPSCALING" in rows["tiny"] and "1/2 (1-3)" in rows["tiny"]
+    assert "1/1 " in rows["OpenAIIngress"] and "(1-" not in rows["OpenAIIngress"]
+    assert "running/target (min-max when autoscaled)" in " ".join(text.split())
+    assert "tiny: Upscaling from 1 to 2 replicas." in text  # what the autoscaler does, shown beside the table
+    assert max(len(line) for line in text.splitlines()) <= 80
+    # Without a target from Serve the cell counts each state, as before.
+    pinned = Console(width=80, record=True, color_system=None)
+    monkeypatch.setattr(console, "out", pinned)
+    bare = {"deployment_config": {}, "target_num_replicas": None, "replicas": [{"state": "RUNNING"}]}
+    console.status_view(snapshot_from("a", NODES, TOTAL, AVAILABLE, _details(tiny=bare), now=0.0))
+    assert "1 running" in pinned.export_text()
