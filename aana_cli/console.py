@@ -160,8 +160,12 @@ def status_view(snapshot: dict) -> None:
     )
     if not snapshot["apps"]:
         out.print("no apps are running")
+    several_nodes = len(snapshot["cluster"]["nodes"]) > 1
     for app in snapshot["apps"]:
         out.print(_app_table(app))
+        for d in app["deployments"] if several_nodes else ():  # on one node, where each replica runs says nothing
+            where = ", ".join(_placed(r) for r in d["placement"])
+            out.print(f"  {escape(d['name'])} on {escape(where or 'no node')}", soft_wrap=True)
         for d in app["deployments"]:
             if d["message"] and d["status"] != "HEALTHY":
                 style = "yellow" if d["status"] in SERVING else "red"  # autoscaling says what it does: no failure
@@ -191,6 +195,11 @@ def _app_table(app: dict) -> Table:
         status = f"[{_STYLE.get(d['status'], 'red')}]{d['status']}[/]"
         table.add_row(name, status, _replicas(d), *cells)
     return table
+
+
+def _placed(replica: dict) -> str:
+    node = f"node {replica['node_id'][:8]} {replica['node_ip']}" if replica["node_id"] else "no node yet"
+    return f"{node} ({replica['state'].lower()})"
 
 
 def _replicas(deployment: dict) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from runtime.errors import LaunchError, Unreachable
 from runtime.plan import AppPlan
-from runtime.preflight import cpu_problems, gpu_problems, scaling_warnings
+from runtime.preflight import cpu_problems, custom_resource_problems, gpu_problems, scaling_warnings
 from runtime.records import Recording
 
 POLL_INTERVAL_S = 0.5
@@ -143,8 +143,10 @@ def resource_problems(plan: AppPlan) -> list[str]:
     import ray
 
     resources = ray.cluster_resources()
-    return gpu_problems(plan, resources.get("GPU", 0.0), "the Ray cluster") + cpu_problems(
-        plan, resources.get("CPU", 0.0)
+    return (
+        gpu_problems(plan, resources.get("GPU", 0.0), "the Ray cluster")
+        + cpu_problems(plan, resources.get("CPU", 0.0))
+        + custom_resource_problems(plan, resources)
     )
 
 

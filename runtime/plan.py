@@ -53,6 +53,7 @@ class DeploymentPlan:
     limits: RequestLimits = field(default_factory=RequestLimits)
     tool_parser: str | None = None
     autoscaling: AutoscalingSpec | None = None  # None: a fixed num_replicas
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per replica (node placement)
 
     @property
     def supports(self) -> frozenset[str]:
@@ -65,7 +66,10 @@ class DeploymentPlan:
 
     @property
     def ray_actor_options(self) -> dict[str, Any]:
-        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        return options
 
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments for this model's `serve.Deployment.options` (the caller adds the runtime env)."""
@@ -217,6 +221,7 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
                 num_replicas=dep.autoscaling.min_replicas if dep.autoscaling else dep.num_replicas,
                 num_cpus=dep.num_cpus,
                 num_gpus=dep.num_gpus,
+                resources=dict(dep.resources),
                 max_ongoing_requests=dep.max_ongoing_requests,
                 max_model_len=dep.max_model_len,
                 sampling=dep.sampling,

@@ -85,6 +85,22 @@ def cpu_problems(plan: AppPlan, cpus: float) -> list[str]:
     ]
 
 
+def custom_resource_problems(plan: AppPlan, totals: dict[str, float]) -> list[str]:
+    """Custom resources (`resources` in a deployment) the cluster's nodes do not have enough of to start."""
+    needed: dict[str, float] = {}
+    for d in plan.deployments:
+        for name, amount in d.resources.items():
+            needed[name] = needed.get(name, 0.0) + amount * d.num_replicas
+    users = {name: [d.model_id for d in plan.deployments if name in d.resources] for name in needed}
+    return [
+        f"deployments {', '.join(users[name])} need {amount:g} of the custom resource {name!r} to start but the Ray "
+        f"cluster has {totals.get(name, 0.0):g}; start a node with `ray start --address ... --resources "
+        f"'{{\"{name}\": {amount:g}}}'`, or change deployments.{users[name][0]}.resources"
+        for name, amount in sorted(needed.items())
+        if amount > totals.get(name, 0.0) + 1e-9
+    ]
+
+
 def scaling_warnings(plan: AppPlan, cpus: float, gpus: float) -> list[str]:
     """Autoscaled models whose max_replicas the cluster cannot hold beside the rest of the app. Not an error: the app
     starts, and Ray leaves the replicas it cannot place pending until a node with room joins (or the load drops)."""

@@ -221,6 +221,13 @@ class _DeploymentBase(_Section):
     )
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica; fractions allowed.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per replica; fractions allowed.")
+    resources: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], Annotated[float, Field(gt=0)]] = (
+        Field(
+            default_factory=dict,
+            description="Custom Ray resources each replica needs, e.g. {big_memory = 1}: replicas go only to the "
+            "nodes started with them (`ray start --resources '{\"big_memory\": 1}'`).",
+        )
+    )
     max_model_len: int | None = Field(None, ge=1, description="Context length (prompt + completion) in tokens.")
     max_ongoing_requests: int = Field(16, ge=1, description="Requests one replica accepts at once before queueing.")
     max_queued_requests: int | None = Field(

@@ -86,6 +86,7 @@ STATUS_SCHEMA: dict[str, Any] = {
                                 "role",
                                 "status",
                                 "replicas",
+                                "placement",
                                 "target_replicas",
                                 "autoscaling",
                                 "message",
@@ -98,6 +99,19 @@ STATUS_SCHEMA: dict[str, Any] = {
                                     "type": "object",
                                     "description": "live replicas by state (RUNNING, STARTING, STOPPING, ...)",
                                     "additionalProperties": {"type": "integer"},
+                                },
+                                "placement": {
+                                    "type": "array",
+                                    "description": "each live replica's node (node_id as in cluster.nodes) and state",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["node_id", "node_ip", "state"],
+                                        "properties": {
+                                            "node_id": {"type": "string"},
+                                            "node_ip": {"type": "string"},
+                                            "state": {"type": "string"},
+                                        },
+                                    },
                                 },
                                 "target_replicas": {
                                     "type": ["integer", "null"],
@@ -177,6 +191,14 @@ def _app(app: dict[str, Any], http: dict[str, Any], now: float) -> dict[str, Any
             "role": "ingress" if d["name"] == INGRESS_NAME else "model",
             "status": _name(d.get("status", "")),
             "replicas": _replica_counts(d.get("replicas") or []),
+            "placement": [
+                {
+                    "node_id": r.get("node_id") or "",
+                    "node_ip": r.get("node_ip") or "",
+                    "state": _name(r.get("state", "")),
+                }
+                for r in d.get("replicas") or []
+            ],
             "target_replicas": d.get("target_num_replicas"),
             "autoscaling": _autoscaling(d.get("deployment_config") or {}),
             "message": d.get("message") or "",

@@ -9,19 +9,12 @@ The cluster runs under its own process group and temp dir: stopping it kills tha
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from e2e.ray_cluster import CLUSTER_ENV, answers, bin_path, ray_head, wait_for
 from e2e.server import free_port, run_aana, serving
 
 pytestmark = pytest.mark.e2e
@@ -40,77 +33,13 @@ num_cpus = 0.2
 max_model_len = 512
 """
 MESSAGES = [{"role": "user", "content": "from laptop to cluster"}]
-CLUSTER_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
-
-@contextmanager
-def ray_head(log: Path, env: dict[str, str]) -> Iterator[str]:
-    """A one-node cluster with the dashboard (which `serve deploy` talks to); yields the dashboard's address."""
-    dashboard = free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    command = [
-        _bin("ray"), "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=true",
-        f"--port={free_port()}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.monotonic() + 90
-        while not _answers(f"{address}/api/version"):
-            assert process.poll() is None, f"ray start exited with {process.returncode}:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"the dashboard never answered:\n{log.read_text()}"
-            time.sleep(0.5)
-        yield address
-    finally:
-        _stop_group(process)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the cluster's process group (ray start, GCS, raylet, workers), SIGKILL if it lingers."""
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            process.poll()  # reap the leader: a zombie would keep the group alive
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
 
 
 def _serve(*args: str, address: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [_bin("serve"), *args, "--address", address], capture_output=True, text=True, timeout=120, env=env,
+        [bin_path("serve"), *args, "--address", address], capture_output=True, text=True, timeout=120, env=env,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
-
-
-def _wait_for(predicate, what: str, timeout_s: float, diagnose) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not within {timeout_s:g} s:\n{diagnose()}"
-        time.sleep(0.5)
 
 
 def _answers_of(base_url: str) -> dict:
@@ -144,7 +73,7 @@ def test_serve_deploy_of_the_export_serves_what_aana_up_serves(tmp_path, monkeyp
     assert f"${{{KEY_VAR}}}" in config.read_text() and KEY not in config.read_text()
 
     env = os.environ | CLUSTER_ENV | {KEY_VAR: KEY}
-    with ray_head(tmp_path / "ray-head.log", env) as dashboard:
+    with ray_head(tmp_path / "ray-head.log", env) as (_, dashboard):
         deployed = _serve("deploy", str(config), address=dashboard, env=env)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         base_url = f"http://127.0.0.1:{port}"
@@ -152,7 +81,7 @@ def test_serve_deploy_of_the_export_serves_what_aana_up_serves(tmp_path, monkeyp
         def status() -> str:
             return _serve("status", address=dashboard, env=env).stdout
 
-        _wait_for(lambda: _answers(f"{base_url}/health"), "the exported app answering", 120, status)
+        wait_for(lambda: answers(f"{base_url}/health"), "the exported app answering", 120, status)
         assert _answers_of(base_url) == expected
 
         # The same spec where the cluster lacks a variable: the deploy fails with the spec's own message.
@@ -161,6 +90,6 @@ def test_serve_deploy_of_the_export_serves_what_aana_up_serves(tmp_path, monkeyp
         )
         assert run_aana("export", str(spec), "--port", str(port), "-o", str(config)).returncode == 0
         assert _serve("deploy", str(config), address=dashboard, env=env).returncode == 0
-        _wait_for(lambda: "DEPLOY_FAILED" in status(), "the deploy failing", 60, status)
+        wait_for(lambda: "DEPLOY_FAILED" in status(), "the deploy failing", 60, status)
         assert "exported.toml is not a valid aana spec" in status()
         assert "server.allowed_hosts[0]: environment variable AANA_EXPORT_UNSET is not set" in status()

@@ -527,3 +527,18 @@ def test_gpu_preflight_counts_the_replicas_that_start_and_warns_about_the_max():
     # One replica asking for more than the cluster has stays the per-replica message.
     [alone] = gpu_problems(plan, 0, "this machine")
     assert alone.startswith("deployment 'llm' needs 0.5 GPU per replica, but this machine has no GPU")
+
+
+def test_custom_resources_go_to_each_replica_and_the_preflight_names_a_missing_one():
+    from runtime.preflight import custom_resource_problems
+
+    spec = 'name = "t"\n[deployments.a]\nengine = "echo"\nnum_replicas = 2\nresources = { second_node = 1 }\n'
+    plan = build_plan(parse_spec(spec))
+    [a] = plan.deployments
+    assert a.deployment_options()["ray_actor_options"]["resources"] == {"second_node": 1.0}
+    assert custom_resource_problems(plan, {"second_node": 2.0, "CPU": 4.0}) == []
+    [problem] = custom_resource_problems(plan, {"second_node": 1.0})
+    assert "need 2 of the custom resource 'second_node'" in problem and "the Ray cluster has 1" in problem
+    assert "ray start --address ... --resources" in problem
+    bare = build_plan(parse_spec('name = "t"\n[deployments.a]\nengine = "echo"\n'))
+    assert "resources" not in bare.deployments[0].deployment_options()["ray_actor_options"]

@@ -174,3 +174,23 @@ def test_rich_view_shows_running_over_target_and_the_autoscaling_bounds(monkeypa
     bare = {"deployment_config": {}, "target_num_replicas": None, "replicas": [{"state": "RUNNING"}]}
     console.status_view(snapshot_from("a", NODES, TOTAL, AVAILABLE, _details(tiny=bare), now=0.0))
     assert "1 running" in pinned.export_text()
+
+
+def test_each_replicas_node_is_in_the_snapshot_and_shown_when_the_cluster_has_several(monkeypatch):
+    nodes = [*NODES, {"NodeID": "n2second", "NodeManagerAddress": "10.0.0.2", "Alive": False}]
+    placed = {"replicas": [{"state": "RUNNING", "node_id": "n2second", "node_ip": "10.0.0.2"}, {"state": "PENDING"}]}
+    snapshot = snapshot_from("a", nodes, TOTAL, AVAILABLE, _details(tiny=placed), now=0.0)
+    jsonschema.validate(snapshot, STATUS_SCHEMA)
+    [tiny] = [d for d in snapshot["apps"][0]["deployments"] if d["name"] == "tiny"]
+    assert tiny["placement"] == [
+        {"node_id": "n2second", "node_ip": "10.0.0.2", "state": "RUNNING"},
+        {"node_id": "", "node_ip": "", "state": "PENDING"},
+    ]
+    pinned = Console(width=80, record=True, color_system=None)
+    monkeypatch.setattr(console, "out", pinned)
+    console.status_view(snapshot)
+    assert "tiny on node n2second 10.0.0.2 (running), no node yet (pending)" in pinned.export_text()
+    one_node = Console(width=80, record=True, color_system=None)
+    monkeypatch.setattr(console, "out", one_node)
+    console.status_view(snapshot_from("a", NODES, TOTAL, AVAILABLE, _details(tiny=placed), now=0.0))
+    assert " on " not in one_node.export_text().split("tiny")[-1]  # one node: placement says nothing
