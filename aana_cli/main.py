@@ -1,7 +1,7 @@
 """The `aana` command: each command parses its options, calls into `runtime`, renders, and picks the exit code.
 
-Exit codes: 0 success; 1 the spec is invalid or `aana up` failed (the message says why); 2 bad command-line usage
-(`aana status` and `aana down` also use 2 for "nothing running" and 3 for "cluster unreachable").
+Exit codes: 0 success; 1 the spec is invalid, `aana up` failed or the database said no (the message says why); 2 bad
+command-line usage (`aana status` and `aana down` also use 2 for "nothing running" and 3 for "cluster unreachable").
 """
 
 from __future__ import annotations
@@ -161,6 +161,67 @@ def migrate(
     from aana_cli import migrate_cmd
 
     migrate_cmd.run(database_url, spec, to, show_status, print_sql)
+
+
+keys_app = typer.Typer(
+    name="keys",
+    help="API keys, one per person or service: which models each may use, how fast, until when.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Option(..., "--name", help="Who the key is for; unique (revoked keys keep their names)."),
+    models: Optional[str] = typer.Option(
+        None, "--models", help="Comma-separated models the key may use (default: every model)."
+    ),
+    rpm: Optional[int] = typer.Option(None, "--rpm", min=1, help="Requests per minute (default: no limit)."),
+    tpm: Optional[int] = typer.Option(None, "--tpm", min=1, help="Tokens per minute (default: no limit)."),
+    expires: Optional[str] = typer.Option(None, "--expires", help="Lifetime: 30d, 12h or 90m (default: never)."),
+    database_url: DatabaseUrl = None,
+    as_json: Json = False,
+) -> None:
+    """Make a key and print it: the only time it is shown (the database keeps only its hash)."""
+    from aana_cli import keys_cmd
+
+    keys_cmd.create(database_url, name, models, rpm, tpm, expires, as_json)
+
+
+@keys_app.command("list")
+def keys_list(database_url: DatabaseUrl = None, as_json: Json = False) -> None:
+    """Show every key: name, prefix, models, limits, dates and state (active, expired, revoked); never the key."""
+    from aana_cli import keys_cmd
+
+    keys_cmd.list_(database_url, as_json)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: str = typer.Argument(..., metavar="NAME|PREFIX", help="The key's name or its prefix (aana-xxxxxxxx)."),
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke a key: servers refuse it within seconds. Its usage stays, and its name stays taken."""
+    from aana_cli import keys_cmd
+
+    keys_cmd.revoke(database_url, key)
+
+
+@app.command()
+def usage(
+    since: str = typer.Option("7d", "--since", help="From this long ago (7d, 12h, 90m) or this UTC date (2025-06-01)."),
+    key: Optional[str] = typer.Option(
+        None, "--key", help="Only this key (name or prefix); `-` for requests made without a key."
+    ),
+    model: Optional[str] = typer.Option(None, "--model", help="Only this model."),
+    as_json: Json = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Requests, errors and tokens per key, model and UTC day, with totals, from the recorded requests."""
+    from aana_cli import keys_cmd
+
+    keys_cmd.usage(database_url, since, key, model, as_json)
 
 
 @app.command()

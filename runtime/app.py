@@ -29,10 +29,13 @@ from ray.serve.handle import DeploymentHandle
 from runtime.engines.base import EmbeddingRequest, EmbeddingResult, GenerationRequest, StreamError
 from runtime.model_api import ModelCard, ModelClient, ModelHealth, StreamItem
 from runtime.model_server import ModelServer
+from runtime.openai.auth import Authenticator, KeyGrant, KeyRing
 from runtime.openai.ingress import create_app
 from runtime.openai.metrics import ServingMetrics, merge_expositions
+from runtime.openai.quotas import Decision, Quotas
 from runtime.openai.service import Admission
-from runtime.plan import HEALTH_PROBE_HEADROOM, AppPlan, DeploymentPlan
+from runtime.openai.stored import StoredCompletions
+from runtime.plan import HEALTH_PROBE_HEADROOM, Access, AppPlan, DeploymentPlan
 from runtime.records import CompletionRecord, Recording
 
 logger = logging.getLogger("aana.app")
@@ -242,6 +245,97 @@ class DrainWatch:
         self.stopped.set()
 
 
+KEYS_REFRESH_S = 2.0  # a revoked key stops working on every front replica within this (plus one database read)
+KEYS_FIRST_READ_TRIES = 4
+
+
+class KeyWatch:
+    """The app's API keys as the database holds them, re-read every KEYS_REFRESH_S by a thread, so the hot path
+    asks no database and a revocation reaches every replica within seconds. Without a database there are no keys.
+    A read that fails keeps the keys of the last one that worked; until one has worked, only the spec's api_key gets
+    in (503 for the rest), never everyone."""
+
+    def __init__(self, database_url: str | None):
+        self.database_url = database_url
+        self.ring = KeyRing(loaded=database_url is None)
+        self.stopped = threading.Event()
+        if database_url is not None:
+            for attempt in range(KEYS_FIRST_READ_TRIES):  # the replica starts only once it knows its keys, or gives up
+                if self._refresh():
+                    break
+                time.sleep(0.5 * (attempt + 1))
+            threading.Thread(target=self._run, name="aana-key-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(KEYS_REFRESH_S):
+            self._refresh()
+
+    def _refresh(self) -> bool:
+        from runtime.store.errors import StoreError
+        from runtime.store.keys import list_keys
+
+        try:
+            keys = list_keys(self.database_url)
+        except StoreError as exc:
+            logger.warning("could not read the API keys (keeping the last ones read, if any): %s", exc)
+            return False
+        self.ring.replace(KeyGrant.of(key) for key in keys)
+        return True
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def quota_actor_name(app: str) -> str:
+    return f"aana-quotas-{app}"
+
+
+class QuotaKeeper:
+    """`Quotas` in one Ray actor per app, which every front replica calls: keys' limits hold across replicas. Its
+    counters live in memory (a minute's window is all they need); if the actor is lost, a new one starts clean."""
+
+    def __init__(self) -> None:
+        self.quotas = Quotas()
+
+    def take(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> Decision:
+        return self.quotas.take(key_id, rpm, tpm, tokens)
+
+    def settle(self, key_id: str, tpm: int | None, reserved: int, used: int) -> None:
+        self.quotas.settle(key_id, tpm, reserved, used)
+
+
+class RemoteQuotas:
+    """The front replicas' side of `QuotaKeeper`: the actor is found, or started, on the first limited request (an
+    app whose keys have no limits never starts it)."""
+
+    def __init__(self, app: str):
+        self.app = app
+        self._actor = None
+
+    def _keeper(self):
+        import ray
+
+        if self._actor is None:
+            self._actor = (
+                ray.remote(QuotaKeeper)
+                .options(
+                    name=quota_actor_name(self.app),
+                    namespace=KV_NAMESPACE,
+                    get_if_exists=True,
+                    lifetime="detached",
+                    num_cpus=0,
+                )
+                .remote()
+            )
+        return self._actor
+
+    async def take(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> Decision:
+        return await self._keeper().take.remote(key_id, rpm, tpm, tokens)
+
+    async def settle(self, key_id: str, tpm: int | None, reserved: int, used: int) -> None:
+        await self._keeper().settle.remote(key_id, tpm, reserved, used)
+
+
 class _HTTPFront:
     """What every replica that answers the app's HTTP holds: the OpenAI router over its models, admission and the
     drain watch, and the request recorder. Shared by the separate ingress and a model that serves HTTP itself."""
@@ -251,7 +345,7 @@ class _HTTPFront:
         app_name: str,
         cards: tuple[ModelCard, ...],
         models: dict[str, ModelClient],
-        api_key: str | None,
+        access: Access,
         recording: Recording | None,
         replicas: int,
         max_body_bytes: int,
@@ -261,7 +355,12 @@ class _HTTPFront:
         self.allowed_hosts = allowed_hosts
         self.cards = cards
         self.models = models
-        self.api_key = api_key
+        self.access = access
+        self.keys = KeyWatch(recording.database_url if recording else None)
+        self.quotas = RemoteQuotas(app_name)
+        self.stored = None
+        if access.store_completions and recording is not None:
+            self.stored = StoredCompletions(recording.database_url, access.store_retention_days)
         self.replicas = replicas
         self.admission = Admission()
         self.metrics = ServingMetrics()
@@ -280,7 +379,7 @@ class _HTTPFront:
         return create_app(
             self.models,
             self.cards,
-            self.api_key,
+            self.access.api_key,
             self.admission,
             on_record,
             self.replicas,
@@ -288,6 +387,9 @@ class _HTTPFront:
             self.allowed_hosts,
             self.metrics,
             self.drain_watch.scrape,
+            Authenticator(self.access.api_key, self.keys.ring, self.access.auth_mode),
+            self.quotas,
+            self.stored,
         )
 
     def _record(self, record: CompletionRecord) -> None:
@@ -297,6 +399,7 @@ class _HTTPFront:
         # Serve calls __del__ on graceful shutdown (SIGTERM included): write what is still queued. A kill -9 loses at
         # most the rows of the recorder's last flush interval (1 s).
         self.drain_watch.stop()
+        self.keys.stop()
         if self.recorder is not None:
             self.recorder.close(timeout=10)
 
@@ -310,14 +413,14 @@ class OpenAIIngress(_HTTPFront):
         app_name: str,
         cards: tuple[ModelCard, ...],
         handles: dict[str, DeploymentHandle],
-        api_key: str | None,
+        access: Access,
         recording: Recording | None,
         replicas: int,
         max_body_bytes: int,
         allowed_hosts: tuple[str, ...],
     ):
         models = {card.id: RemoteModel(card.id, handles[card.id]) for card in cards}
-        self._open_front(app_name, cards, models, api_key, recording, replicas, max_body_bytes, allowed_hosts)
+        self._open_front(app_name, cards, models, access, recording, replicas, max_body_bytes, allowed_hosts)
 
     def __del__(self):
         self._close_front()
@@ -333,7 +436,7 @@ class ModelIngress(_HTTPFront):
         self,
         plan: DeploymentPlan,
         app_name: str,
-        api_key: str | None,
+        access: Access,
         recording: Recording | None,
         max_body_bytes: int,
         allowed_hosts: tuple[str, ...],
@@ -345,7 +448,7 @@ class ModelIngress(_HTTPFront):
             await self.server.start()
         models: dict[str, ModelClient] = {plan.model_id: self.server}
         models |= {name: RemoteModel(name, handle) for name, handle in (handles or {}).items()}
-        self._open_front(app_name, cards or (plan.card(),), models, api_key, recording, plan.max_replicas,
+        self._open_front(app_name, cards or (plan.card(),), models, access, recording, plan.max_replicas,
                          max_body_bytes, allowed_hosts)  # fmt: skip
 
     async def check_health(self) -> None:
@@ -377,14 +480,14 @@ def build_app(plan: AppPlan, recording: Recording | None = None) -> serve.Applic
         # Its replicas admit every model's requests (the others' through their handles): room for all of them.
         options["max_ongoing_requests"] = sum(c.limits.capacity for c in plan.cards) + HEALTH_PROBE_HEADROOM
         model = serve.deployment(ModelIngress).options(**options)
-        return model.bind(d, plan.app_name, plan.api_key, recording, plan.max_body_bytes, plan.allowed_hosts,
+        return model.bind(d, plan.app_name, plan.access(), recording, plan.max_body_bytes, plan.allowed_hosts,
                           plan.cards, handles)  # fmt: skip
     ingress = serve.deployment(OpenAIIngress).options(**plan.ingress_options())
     return ingress.bind(
         plan.app_name,
         plan.cards,
         handles,
-        plan.api_key,
+        plan.access(),
         recording,
         plan.ingress_replicas or 1,
         plan.max_body_bytes,

@@ -74,7 +74,9 @@ def start_ray(plan: AppPlan, address: str | None) -> None:
     if address:
         kwargs["address"] = address
     else:
-        kwargs.update(include_dashboard=False, num_cpus=plan.ray_num_cpus)
+        # "local": a new Ray for this app. Without it ray.init joins the newest cluster `ray start` made on this
+        # machine (/tmp/ray/ray_current_cluster), even one that has since died, and hangs on its address.
+        kwargs.update(address="local", include_dashboard=False, num_cpus=plan.ray_num_cpus)
     # Only for the cluster's workers: this driver calls handles from plain threads (drain), which needs the
     # router's own loop. The embedded cluster's processes inherit this environment when ray.init starts them.
     added = {k: v for k, v in SERVE_ENV_DEFAULTS.items() if k not in os.environ}
@@ -345,9 +347,16 @@ def _forget_drain(app_name: str) -> None:
 
 
 def delete_app(app_name: str) -> None:
+    import ray
     from ray import serve
 
+    from runtime.app import KV_NAMESPACE, quota_actor_name
+
     serve.delete(app_name)
+    try:  # the keys' rate-limit counters: detached, so they outlive the replicas; they go with the app
+        ray.kill(ray.get_actor(quota_actor_name(app_name), namespace=KV_NAMESPACE))
+    except ValueError:  # no key of this app had limits: it never started
+        pass
 
 
 def shutdown(app_name: str, owned: bool) -> None:
@@ -361,7 +370,7 @@ def shutdown(app_name: str, owned: bool) -> None:
         if owned:
             serve.shutdown()
         else:
-            serve.delete(app_name)
+            delete_app(app_name)
     finally:
         ray.shutdown()
 

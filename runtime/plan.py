@@ -113,6 +113,17 @@ def base_url(host: str, port: int) -> str:
 
 
 @dataclass(frozen=True)
+class Access:
+    """Who may call the app's HTTP and what it keeps for them: what every front replica needs of the [server] table
+    beyond its address."""
+
+    api_key: str | None = None
+    auth_mode: str = "auto"
+    store_completions: bool = False
+    store_retention_days: float = 30.0
+
+
+@dataclass(frozen=True)
 class AppPlan:
     app_name: str
     host: str
@@ -128,6 +139,12 @@ class AppPlan:
     front: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     allowed_hosts: tuple[str, ...] = ANY_HOST
+    auth_mode: str = "auto"  # "auto": keys are checked once any exist; "keys": always
+    store_completions: bool = False
+    store_retention_days: float = 30.0
+
+    def access(self) -> Access:
+        return Access(self.api_key, self.auth_mode, self.store_completions, self.store_retention_days)
 
     @property
     def separate_ingress(self) -> bool:
@@ -239,6 +256,9 @@ def build_plan(spec: AppSpec, base_dir: str | Path = ".", source: str = "<spec>"
         host=spec.server.host,
         port=spec.server.port,
         api_key=spec.server.api_key,
+        auth_mode=spec.server.auth,
+        store_completions=spec.server.store_completions,
+        store_retention_days=spec.server.store_retention_days,
         ingress_replicas=spec.server.ingress_replicas,
         front=_front(spec, deployments),
         max_body_bytes=int(spec.server.max_body_mb * MIB),

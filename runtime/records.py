@@ -27,6 +27,7 @@ class CompletionRecord:
 
     `id` is the chatcmpl-... id the client saw (a `rejected-...` id for a request refused before it got one).
     `run_id` None: the recorder's own run (the `aana up` that serves it).
+    `key_id` None: made with the spec's single api_key, or on a server without authentication.
     """
 
     id: str
@@ -40,3 +41,4 @@ class CompletionRecord:
     stream: bool = False
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     run_id: str | None = None
+    key_id: str | None = None  # the API key (api_keys.id) that made the request

@@ -103,6 +103,20 @@ class ServerSpec(_Section):
         description="When set, requests must send `Authorization: Bearer <api_key>`. Write `${ENV_VAR}` to keep it "
         "out of the file.",
     )
+    auth: Literal["auto", "keys"] = Field(
+        "auto",
+        description="auto: requests need a key from `aana keys create` once the database holds any key (revoked and "
+        "expired ones count), and none before; keys: always (with no key yet, only `api_key` gets in). `api_key` "
+        "works beside the keys.",
+    )
+    store_completions: bool = Field(
+        False,
+        description="Keep chat completions made with `store: true` (request and response) for the key that made "
+        "them, for GET/DELETE /v1/chat/completions; off: `store: true` is a 400.",
+    )
+    store_retention_days: float = Field(
+        30.0, gt=0, description="Stored completions older than this are deleted (checked hourly)."
+    )
 
 
 class DatabaseSpec(_Section):

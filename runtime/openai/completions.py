@@ -28,7 +28,7 @@ from runtime.openai.protocol import (
     CompletionLogprobs,
     CompletionRequest,
 )
-from runtime.openai.service import ChatCompletions, Exchange, Reply, parse_body
+from runtime.openai.service import ChatCompletions, Exchange, Reply, estimate_tokens, parse_body
 from runtime.openai.streaming import DONE, MIN_LOGPROB, ResponseIds, Tally, error_event, sse, usage_of
 
 
@@ -42,12 +42,14 @@ class Completions:
         meter.model, meter.stream = model_label(body.model), bool(body.stream)
         if body.stream_options is not None and not body.stream:
             raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
-        card = self.chat.card(body.model, "generate")
+        card = self.chat.card(body.model, "generate", exchange.caller)
         request_id = f"cmpl-{uuid.uuid4().hex}"
         meter.request_id = request_id
         generations = to_completion_requests(body, request_id, card)
         n = generations[0].params.n
         meter.choices = n * len(generations)
+        params = generations[0].params
+        await self.chat.charge(card, exchange, estimate_tokens(body.prompt, params, card, len(generations)))
         self.chat.enter_gate(card, exchange)  # one place for the request, however many prompts it holds
         prompts = _Prompts([self.chat.generate(card, g) for g in generations], n)
         try:

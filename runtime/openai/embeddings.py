@@ -30,10 +30,11 @@ class Embeddings:
         meter = exchange.meter
         meter.model = model_label(body.model)
         meter.choices = 1  # done when the vectors are (see below)
-        card = self.chat.card(body.model, "embed")
+        card = self.chat.card(body.model, "embed", exchange.caller)
         request_id = f"embd-{uuid.uuid4().hex}"
         meter.request_id = request_id
         inputs = _inputs(body.input)
+        await self.chat.charge(card, exchange, sum(len(i) if isinstance(i, tuple) else len(i) // 4 + 1 for i in inputs))
         self.chat.enter_gate(card, exchange)
         request = EmbeddingRequest(request_id=request_id, inputs=inputs, dimensions=body.dimensions)
         try:

@@ -10,7 +10,6 @@ can drain) and hands its meter's record to the recorder when the response, strea
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -23,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from runtime.model_api import ModelCard, ModelClient
+from runtime.openai.auth import Authenticator, Caller
 from runtime.openai.completions import Completions
 from runtime.openai.embeddings import Embeddings
 from runtime.openai.errors import APIError, from_validation_errors
@@ -33,11 +33,13 @@ from runtime.openai.service import (
     Admission,
     ChatCompletions,
     Exchange,
+    QuotaClient,
     Reply,
     health_report,
     model_list,
     model_object,
 )
+from runtime.openai.stored import StoredCompletions
 from runtime.plan import ANY_HOST, DEFAULT_MAX_BODY_BYTES
 from runtime.records import CLIENT_CLOSED
 
@@ -59,7 +61,7 @@ async def respond(exchange: Exchange, work: Awaitable[Reply]) -> Response:
     except BaseException:
         exchange.close(500)
         raise
-    headers = {"x-request-id": reply.request_id}
+    headers = {"x-request-id": reply.request_id, **exchange.headers}
     if reply.events is None:
         exchange.close(200)
         return JSONResponse(reply.completion.model_dump(), headers=headers)
@@ -130,17 +132,12 @@ def json_body(request: Request, max_bytes: int) -> Callable[[], Awaitable[bytes]
     return read
 
 
-def bearer_auth(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
-    """A dependency that requires `Authorization: Bearer <api_key>` when a key is configured."""
+def bearer_auth(auth: Authenticator) -> Callable[[Request], Awaitable[Caller]]:
+    """A dependency that names the caller from `Authorization: Bearer <key>` (401 when authentication is on and the
+    key is missing, wrong, revoked or expired)."""
 
-    async def authorize(request: Request) -> None:  # async: run on the event loop, no thread hop
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-            raise APIError(
-                401, "Incorrect API key provided; send `Authorization: Bearer <key>`", code="invalid_api_key"
-            )
+    async def authorize(request: Request) -> Caller:  # async: run on the event loop, no thread hop
+        return auth(request.headers.get("authorization", ""))
 
     return authorize
 
@@ -156,11 +153,17 @@ def create_app(
     allowed_hosts: Sequence[str] = ANY_HOST,
     metrics: ServingMetrics | None = None,
     scrape: Callable[[], Awaitable[str]] | None = None,
+    auth: Authenticator | None = None,
+    quotas: QuotaClient | None = None,
+    stored: StoredCompletions | None = None,
 ) -> FastAPI:
     """The app over `models`. `share`: how many ingress replicas split each model's admission capacity. With an
     API key, the interactive docs and the OpenAPI document are off (they would answer without the key). `metrics`:
-    this replica's; `scrape`: the exposition of the whole app for GET /metrics (default: this replica's alone)."""
-    docs = {} if api_key is None else {"docs_url": None, "openapi_url": None}
+    this replica's; `scrape`: the exposition of the whole app for GET /metrics (default: this replica's alone).
+    `auth`: who may call (default: the spec's `api_key` alone); `quotas`: where keys' limits are counted; `stored`:
+    where `store: true` completions are kept (None: not at all)."""
+    auth = auth or Authenticator(api_key)
+    docs = {} if not auth.on and auth.mode != "keys" else {"docs_url": None, "openapi_url": None}
     app = FastAPI(
         title="aana",
         summary="OpenAI-compatible chat completions, completions, embeddings and responses",
@@ -170,26 +173,33 @@ def create_app(
     _install_error_handlers(app)
     if "*" not in allowed_hosts:
         app.add_middleware(HostAllowList, allowed=allowed_hosts)
-    chat = ChatCompletions(models, cards, share)
+    chat = ChatCompletions(models, cards, share, quotas, stored)
     admission = admission or Admission()
-    authorized = [Depends(bearer_auth(api_key))]
+    caller_of = bearer_auth(auth)
     created = int(time.time())
 
     metrics = metrics or ServingMetrics()
 
-    async def admitted() -> Exchange:
+    async def admitted(caller: Caller = Depends(caller_of)) -> Exchange:
         try:
             admission.enter()
         except APIError as exc:  # draining: turned away before any model was asked
             metrics.requests.labels("", str(exc.status)).inc()
             metrics.rejected.labels("", str(exc.status)).inc()
             raise
-        return Exchange(admission, Meter(on_record, metrics))
+        meter = Meter(on_record, metrics)
+        meter.key_id = caller.key_id
+        return Exchange(admission, meter, caller)
+
+    async def operator(request: Request) -> None:
+        """The probes and metrics stay open for load balancers and scrapers, unless keys are on: then any valid key."""
+        if auth.keys_on:
+            await caller_of(request)
 
     async def exposition() -> str:
         return metrics.exposition()
 
-    async def metrics_route() -> Response:  # open without a key, as vLLM's: scrapers rarely send one
+    async def metrics_route(_: None = Depends(operator)) -> Response:
         return Response(await (scrape or exposition)(), media_type=CONTENT_TYPE)
 
     async def chat_completions(request: Request, exchange: Exchange = Depends(admitted)) -> Response:
@@ -206,23 +216,48 @@ def create_app(
     async def responses_route(request: Request, exchange: Exchange = Depends(admitted)) -> Response:
         return await respond(exchange, responses.create(json_body(request, max_body_bytes), exchange))
 
-    def models_route() -> dict[str, Any]:
-        return model_list(cards, created)
+    def models_route(caller: Caller = Depends(caller_of)) -> dict[str, Any]:
+        return model_list([c for c in cards if caller.may_use(c.id)], created)
 
-    def model_route(model_id: str) -> dict[str, Any]:
-        return model_object(cards, model_id, created)
+    def model_route(model_id: str, caller: Caller = Depends(caller_of)) -> dict[str, Any]:
+        return model_object([c for c in cards if caller.may_use(c.id)], model_id, created)
 
-    async def health() -> JSONResponse:  # open without a key: load balancers probe it
+    async def health(_: None = Depends(operator)) -> JSONResponse:
         status, body = await health_report(models)
         return JSONResponse(body, status_code=status)
 
+    def keeper() -> StoredCompletions:
+        if stored is None:
+            raise APIError(404, "this server does not store chat completions ([server] store_completions is off)",
+                           code="not_found")  # fmt: skip
+        return stored
+
+    async def list_stored(request: Request, caller: Caller = Depends(caller_of), model: str | None = None,
+                          after: str | None = None, limit: int = 20, order: str = "asc") -> dict[str, Any]:  # fmt: skip
+        metadata = {k[len("metadata[") : -1]: v for k, v in request.query_params.items() if k.startswith("metadata[")}
+        return await keeper().list(caller, model, after, limit, order, metadata)
+
+    async def get_stored(completion_id: str, caller: Caller = Depends(caller_of)) -> dict[str, Any]:
+        return await keeper().retrieve(caller, completion_id)
+
+    async def stored_messages(completion_id: str, caller: Caller = Depends(caller_of), after: str | None = None,
+                              limit: int = 20, order: str = "asc") -> dict[str, Any]:  # fmt: skip
+        return await keeper().messages(caller, completion_id, after, limit, order)
+
+    async def delete_stored(completion_id: str, caller: Caller = Depends(caller_of)) -> dict[str, Any]:
+        return await keeper().delete(caller, completion_id)
+
     for prefix in ("/v1", ""):
-        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"], dependencies=authorized)
-        app.add_api_route(f"{prefix}/models", models_route, methods=["GET"], dependencies=authorized)
-        app.add_api_route(f"{prefix}/completions", completions_route, methods=["POST"], dependencies=authorized)
-        app.add_api_route(f"{prefix}/embeddings", embeddings_route, methods=["POST"], dependencies=authorized)
-        app.add_api_route(f"{prefix}/responses", responses_route, methods=["POST"], dependencies=authorized)
-        app.add_api_route(f"{prefix}/models/{{model_id:path}}", model_route, methods=["GET"], dependencies=authorized)
+        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
+        app.add_api_route(f"{prefix}/chat/completions", list_stored, methods=["GET"])
+        app.add_api_route(f"{prefix}/chat/completions/{{completion_id}}", get_stored, methods=["GET"])
+        app.add_api_route(f"{prefix}/chat/completions/{{completion_id}}", delete_stored, methods=["DELETE"])
+        app.add_api_route(f"{prefix}/chat/completions/{{completion_id}}/messages", stored_messages, methods=["GET"])
+        app.add_api_route(f"{prefix}/models", models_route, methods=["GET"])
+        app.add_api_route(f"{prefix}/completions", completions_route, methods=["POST"])
+        app.add_api_route(f"{prefix}/embeddings", embeddings_route, methods=["POST"])
+        app.add_api_route(f"{prefix}/responses", responses_route, methods=["POST"])
+        app.add_api_route(f"{prefix}/models/{{model_id:path}}", model_route, methods=["GET"])
 
     async def live() -> dict[str, str]:  # liveness: this process answers; it asks no model
         return {"status": "alive"}

@@ -38,6 +38,7 @@ class Meter:
         self.on_record = on_record
         self.metrics = metrics
         self.model_id: str | None = None  # the served model it reached (the metrics' label), once known
+        self.key_id: str | None = None  # the API key it came with (None: the spec's api_key, or no auth)
         self._phase: Gauge | None = None  # the gauge counting this request now (waiting, then running)
         self._last_token_at: float | None = None
         self.started = time.perf_counter()
@@ -159,6 +160,7 @@ class Meter:
             latency_ms=(time.perf_counter() - self.started) * 1000,
             stream=self.stream,
             created_at=self.created_at,
+            key_id=self.key_id,
         )
         try:
             self.on_record(record)

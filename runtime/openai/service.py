@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import sys
 import time
@@ -17,19 +18,24 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from runtime.engines.base import GenerationRequest, StreamError
+from runtime.engines.base import GenerationParams, GenerationRequest, StreamError
 from runtime.model_api import ModelCard, ModelClient, ModelHealth, StreamItem
+from runtime.openai.auth import ANYONE, Caller
 from runtime.openai.convert import to_generation_request
 from runtime.openai.errors import APIError, from_validation_errors
 from runtime.openai.metering import Meter, model_label
-from runtime.openai.protocol import ChatCompletionRequest, ModelList
+from runtime.openai.protocol import ChatCompletion, ChatCompletionRequest, ModelList
 from runtime.openai.protocol import ModelCard as WireModelCard
+from runtime.openai.quotas import Decision
+from runtime.openai.stored import StoredCompletions
 from runtime.openai.streaming import ChunkWriter, ResponseIds, collect, stream_events
 from runtime.openai.tools import ToolUse, plan_tools
+
+logger = logging.getLogger("aana.ingress")
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,11 @@ class Exchange:
     """One admitted request, until its response has been sent (or has failed): it holds the request's meter and
     whatever must be released when it ends, and ends exactly once."""
 
-    def __init__(self, admission: Admission, meter: Meter):
+    def __init__(self, admission: Admission, meter: Meter, caller: Caller = ANYONE):
         self.admission = admission
         self.meter = meter
+        self.caller = caller
+        self.headers: dict[str, str] = {}  # sent with the answer, whatever it is (the key's rate-limit state)
         self._open = True
         self._on_close: list[Callable[[Meter], None]] = []
 
@@ -122,20 +130,34 @@ class ModelGate:
         return min(60, max(1, math.ceil(1 / rate)))
 
 
+class QuotaClient(Protocol):
+    """Per-key limits shared by every front replica (`runtime.openai.quotas.Quotas`, in-process or in a Ray actor)."""
+
+    async def take(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> Decision: ...
+
+    async def settle(self, key_id: str, tpm: int | None, reserved: int, used: int) -> None: ...
+
+
 class ChatCompletions:
-    def __init__(self, models: Mapping[str, ModelClient], cards: Sequence[ModelCard], share: int = 1):
-        """`share`: the ingress replicas splitting each model's capacity (each admits its part, at least 1)."""
+    def __init__(self, models: Mapping[str, ModelClient], cards: Sequence[ModelCard], share: int = 1,
+                 quotas: QuotaClient | None = None, stored: StoredCompletions | None = None):  # fmt: skip
+        """`share`: the ingress replicas splitting each model's capacity (each admits its part, at least 1).
+        `quotas`: where keys' requests and tokens per minute are counted (None: keys' limits are not enforced)."""
         self.models = dict(models)
         self.cards = {card.id: card for card in cards}
         self.gates = {card.id: ModelGate(card.id, max(1, card.limits.capacity // share)) for card in cards}
+        self.quotas = quotas
+        self.stored = stored  # None: `store: true` is a 400
 
-    def card(self, model: str, task: str | None = None) -> ModelCard:
-        """The model's card; 404 when there is no such model, 400 when it does not do `task`."""
-        card = self.cards.get(model)
+    def card(self, model: str, task: str | None = None, caller: Caller = ANYONE) -> ModelCard:
+        """The model's card; 404 when there is no such model (or the caller's key may not use it: the same answer, so
+        a key learns nothing of models it may not use), 400 when it does not do `task`."""
+        card = self.cards.get(model) if caller.may_use(model) else None
         if card is None:
             raise APIError(
                 404,
-                f"The model `{model_label(model)}` does not exist. Available models: {', '.join(self.cards)}",
+                f"The model `{model_label(model)}` does not exist. Available models: "
+                f"{', '.join(m for m in self.cards if caller.may_use(m))}",
                 param="model",
                 code="model_not_found",
             )
@@ -145,15 +167,36 @@ class ChatCompletions:
 
     async def create(self, read_body: Callable[[], Awaitable[bytes]], exchange: Exchange) -> Reply:
         body = parse_chat_request(await read_body())
+        store = self._storer(body, exchange) if body.store else None
         started = await self.start(body, exchange)
         params, tools = started.generation.params, started.tools
         logprobs = params.logprobs is not None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = stream_events(started.items, ChunkWriter(started.ids, include_usage, logprobs), params.n, tools)
+            writer = ChunkWriter(started.ids, include_usage, logprobs)
+            events = stream_events(started.items, writer, params.n, tools, store)
             return Reply(started.ids.id, events=events, release=started.release)
         completion = await collect(started.items, started.ids, params.n, logprobs, tools)
+        if store is not None:
+            await store(completion)
         return Reply(started.ids.id, completion=completion)
+
+    def _storer(self, body: ChatCompletionRequest, exchange: Exchange) -> Callable[[ChatCompletion], Awaitable[None]]:
+        """What keeps a `store: true` completion once it is whole (a failure to keep it is logged; the answer is
+        still sent)."""
+        stored = self.stored
+        if stored is None:
+            raise APIError(400, "this server does not store chat completions; leave out store, or set [server] "
+                           "store_completions = true in the spec", param="store")  # fmt: skip
+        request = body.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+        async def store(completion: ChatCompletion) -> None:
+            try:
+                await stored.save(exchange.caller, request, completion.model_dump(mode="json"))
+            except Exception:  # a storage boundary: the client still gets its answer
+                logger.exception("could not store chat completion %s", completion.id)
+
+        return store
 
     async def start(self, body: ChatCompletionRequest, exchange: Exchange, id_prefix: str = "chatcmpl-") -> Started:
         """Admit a parsed chat request to its model and read the model's first item: what `create` and the Responses
@@ -162,16 +205,35 @@ class ChatCompletions:
         meter.model, meter.stream = model_label(body.model), bool(body.stream)
         if body.stream_options is not None and not body.stream:
             raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
-        card = self.card(body.model, "generate")
+        card = self.card(body.model, "generate", exchange.caller)
         request_id = f"{id_prefix}{uuid.uuid4().hex}"
         meter.request_id = request_id
         tools = plan_tools(body, card)
         generation = to_generation_request(body, request_id, card, tools)
         meter.choices = generation.params.n
+        await self.charge(card, exchange, estimate_tokens(body.messages, generation.params, card))
         items = exchange.meter.watch(self.admit(card, exchange, generation))
         first = await first_item(items)
         ids = ResponseIds(id=request_id, created=int(time.time()), model=card.id)
         return Started(card, ids, generation, tools, chain(first, items), items.aclose)
+
+    async def charge(self, card: ModelCard, exchange: Exchange, tokens: int) -> None:
+        """Count the request against its key's limits (429 beyond one); the estimate is corrected when it ends."""
+        caller = exchange.caller
+        if not caller.limited or self.quotas is None or caller.key_id is None:
+            return
+        decision = await self.quotas.take(caller.key_id, caller.rpm, caller.tpm, tokens)
+        exchange.headers.update(decision.headers)
+        if not decision.allowed:
+            headers = {"Retry-After": str(decision.retry_after_s), **decision.headers}
+            raise APIError(429, decision.message, code="rate_limit_exceeded", headers=headers)
+        quotas, key_id, tpm = self.quotas, caller.key_id, caller.tpm
+
+        def settle(meter: Meter) -> None:
+            used = (meter.prompt_tokens or 0) + sum(meter.completion_tokens.values())
+            _background(quotas.settle(key_id, tpm, tokens, used))
+
+        exchange.defer(settle)
 
     def enter_gate(self, card: ModelCard, exchange: Exchange) -> None:
         """Take a place in the model's gate (429 when it is full) until the exchange ends."""
@@ -201,6 +263,27 @@ class Started:
     tools: ToolUse | None
     items: AsyncIterator[StreamItem]  # every item, the first included
     release: Callable[[], Awaitable[None]]  # closes the model's stream (idempotent)
+
+
+CHARS_PER_TOKEN = 4  # OpenAI's rule of thumb, for a prompt the ingress cannot tokenize
+
+
+def estimate_tokens(texts: Any, params: GenerationParams, card: ModelCard, prompts: int = 1) -> int:
+    """What a request may use, counted against its key's tokens per minute before it runs: its text's length in
+    tokens (estimated) plus the most it may generate."""
+    chars = len(json.dumps(texts, default=str)) if not isinstance(texts, str) else len(texts)
+    most = params.max_tokens or card.max_model_len or 4096
+    return chars // CHARS_PER_TOKEN + most * params.n * prompts
+
+
+_tasks: set[asyncio.Task] = set()
+
+
+def _background(work: Awaitable[None]) -> None:
+    """Run `work` without waiting for it (an exchange ends synchronously); keep a reference until it is done."""
+    task = asyncio.ensure_future(work)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
 
 def _wrong_task(card: ModelCard, task: str) -> str:

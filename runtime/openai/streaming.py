@@ -10,7 +10,7 @@ ends before every choice finished, an error event; always one `data: [DONE]`. Pu
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from runtime.engines.base import Delta, StreamError, TokenLogprob
@@ -169,10 +169,12 @@ class Tally:
 
 
 async def stream_events(
-    items: AsyncIterator[StreamItem], writer: ChunkWriter, n: int = 1, tools: ToolUse | None = None
-) -> AsyncIterator[str]:
+    items: AsyncIterator[StreamItem], writer: ChunkWriter, n: int = 1, tools: ToolUse | None = None,
+    on_complete: Callable[[ChatCompletion], Awaitable[None]] | None = None,
+) -> AsyncIterator[str]:  # fmt: skip
     """The SSE text of one response with `n` choices. `items` may start with an item the caller already read.
-    `tools`: the request's tool use, whose reader turns each choice's text into content and tool-call chunks."""
+    `tools`: the request's tool use, whose reader turns each choice's text into content and tool-call chunks.
+    `on_complete`: given the whole completion, as a non-streamed answer would have been, once every choice finished."""
     for index in range(n):
         yield writer.role(index)
     tally = Tally(n, tools)
@@ -200,6 +202,8 @@ async def stream_events(
         yield error_event(_unfinished())
         yield DONE
         return
+    if on_complete is not None:
+        await on_complete(completion_of(tally, writer.ids, writer.logprobs))
     if writer.include_usage:
         usage = tally.usage()
         yield writer.usage(usage.prompt_tokens, usage.completion_tokens)
@@ -221,6 +225,11 @@ async def collect(
             break
     if not tally.finished:
         raise _unfinished()
+    return completion_of(tally, ids, logprobs)
+
+
+def completion_of(tally: Tally, ids: ResponseIds, logprobs: bool) -> ChatCompletion:
+    """The whole completion of a finished tally."""
     choices = [
         Choice(
             index=index,

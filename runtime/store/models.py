@@ -87,5 +87,52 @@ class Request(Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     stream: Mapped[bool] = mapped_column(server_default=false())
     created_at: Mapped[datetime] = mapped_column(index=True)
+    # The API key that made the request (api_keys.id); None for the spec's single api_key or a server without auth.
+    # No foreign key, for the same reason as run_id; a deleted key's requests keep counting in usage.
+    key_id: Mapped[str | None] = mapped_column(String(36))
 
-    __table_args__ = (Index("ix_requests_run_id_created_at", "run_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_requests_run_id_created_at", "run_id", "created_at"),
+        # `aana usage --key`: one key's window without reading the other keys' rows (see migration 0005).
+        Index("ix_requests_key_id_created_at", "key_id", "created_at"),
+    )
+
+
+class ApiKeyRow(Base):
+    """One API key: who it is for, what it may use, how fast. Never the key itself: its sha256 and its prefix.
+
+    `runtime.store.keys.ApiKey` is what the rest of aana sees of a row.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # uuid4, as text
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True, index=True)  # "aana-" + 8: the lookup part
+    key_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the whole key
+    models: Mapped[str | None] = mapped_column(Text)  # a JSON list of model names; None: every model
+    rpm: Mapped[int | None] = mapped_column(Integer)  # requests per minute; None: no limit
+    tpm: Mapped[int | None] = mapped_column(Integer)  # tokens per minute; None: no limit
+    created_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class StoredCompletionRow(Base):
+    """A chat completion made with `store: true`: the request as sent and the response as returned, as JSON text.
+
+    `runtime.store.stored.StoredCompletion` is what the rest of aana sees of a row.
+    """
+
+    __tablename__ = "stored_completions"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)  # the chatcmpl-... id
+    key_id: Mapped[str | None] = mapped_column(String(36))  # the owner; None: the spec's api_key or no auth
+    model: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(index=True)  # the retention purge
+    # `metadata` is taken on a declarative class; the column keeps OpenAI's name.
+    metadata_: Mapped[str] = mapped_column("metadata", Text)
+    request: Mapped[str] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_stored_completions_key_id_created_at", "key_id", "created_at"),)

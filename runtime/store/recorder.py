@@ -26,7 +26,7 @@ from runtime.store.models import Request
 
 logger = logging.getLogger("aana.store.recorder")
 
-# SQLite allows 32766 bound parameters per statement and PostgreSQL 65535; 1000 rows of 11 columns fit both.
+# SQLite allows 32766 bound parameters per statement and PostgreSQL 65535; 1000 rows of 12 columns fit both.
 MAX_BATCH_SIZE = 1000
 _FIRST_RETRY_S = 0.1
 # Failures of the connection or the schema, not of a row: the rows stay buffered and the write is retried with
@@ -179,6 +179,7 @@ class RequestRecorder:
                 "latency_ms": row.latency_ms,
                 "stream": row.stream,
                 "created_at": row.created_at,
+                "key_id": row.key_id,
             }
         )
         self._received += 1
@@ -253,7 +254,7 @@ class RequestRecorder:
 
     def _statement(self):
         # With RETURNING, SQLAlchemy sends a batch as one multi-row INSERT ("insertmanyvalues"), compiled once and
-        # cached; `.values(rows)` would compile 11 parameters per row on every batch (about 10x slower).
+        # cached; `.values(rows)` would compile 12 parameters per row on every batch (about 10x slower).
         if self._insert is None:
             return insert(Request)
         return self._insert(Request).on_conflict_do_nothing(index_elements=["id"]).returning(Request.id)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import openai
 import pytest
@@ -76,3 +79,20 @@ def test_a_model_runs_on_the_node_with_its_resource_and_recovers_when_the_node_r
                 assert _pinned(_status(gcs)[1])["placement"][0]["node_id"] == second.node_id
         finally:
             second.stop()
+
+
+def test_the_embedded_default_starts_its_own_ray_beside_a_dead_ray_start_cluster(tmp_path, monkeypatch):
+    """`ray start` leaves the newest cluster's address in its temp dir, and a plain ray.init joins it, dead or
+    alive: the embedded default must start a Ray of its own instead (a dead one hung aana up here)."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")  # nothing listens on port 9
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    spec = tmp_path / "alone.toml"
+    spec.write_text('name = "alone"\n[deployments.echo]\nengine = "echo"\nnum_cpus = 0.2\n')
+    try:
+        with serving(spec, tmp_path, timeout_s=120) as server:
+            client = openai.OpenAI(api_key="x", base_url=f"{server.base_url}/v1", max_retries=0, timeout=60)
+            assert client.chat.completions.create(model="echo", messages=HI).choices[0].message.content
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

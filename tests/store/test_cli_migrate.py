@@ -18,7 +18,7 @@ def _migrate(runner, url, *args):
 def test_status_exit_codes_follow_the_schema(runner, database_url):
     behind = _migrate(runner, database_url, "--status")
     assert behind.exit_code == 1
-    assert "current revision: none (empty database)" in behind.stdout and "pending (4)" in behind.stdout
+    assert "current revision: none (empty database)" in behind.stdout and "pending (5)" in behind.stdout
     assert "database: " in behind.stderr  # where the database came from goes to stderr
 
     applied = _migrate(runner, database_url)

@@ -72,13 +72,19 @@ def test_concurrent_migrations_apply_each_revision_once(database_url):
             assert not any(future.done() for future in futures), [f.exception() for f in futures if f.done()]
         results = [future.result(timeout=60) for future in futures]
 
-    assert sorted(len(applied) for applied in results) == [0] * (PROCESSES - 1) + [4]
-    assert [r.rev for r in max(results, key=len)] == ["0001", "0002", "0003", "0004"]
+    assert sorted(len(applied) for applied in results) == [0] * (PROCESSES - 1) + [5]
+    assert [r.rev for r in max(results, key=len)] == ["0001", "0002", "0003", "0004", "0005"]
     engine = create_engine(parse_url(database_url))
     try:
-        assert set(inspect(engine).get_table_names()) == {"alembic_version", "runs", "requests"}
+        assert set(inspect(engine).get_table_names()) == {
+            "alembic_version",
+            "runs",
+            "requests",
+            "api_keys",
+            "stored_completions",
+        }
         with engine.connect() as conn:
-            assert list(conn.scalars(text("SELECT version_num FROM alembic_version"))) == ["0004"]
+            assert list(conn.scalars(text("SELECT version_num FROM alembic_version"))) == ["0005"]
     finally:
         engine.dispose()
     assert migrate.status(database_url).is_current

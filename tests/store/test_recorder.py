@@ -58,15 +58,15 @@ def wait_for(condition, timeout: float = 10.0) -> bool:
 
 
 def insert_sizes(recorder: RequestRecorder) -> list[int]:
-    """Rows per INSERT statement the recorder sends (each row binds 11 parameters)."""
+    """Rows per INSERT statement the recorder sends (each row binds 12 parameters)."""
     sizes: list[int] = []
 
     @event.listens_for(recorder._engine, "before_cursor_execute")
     def count(conn, cursor, statement, parameters, context, executemany):
         if statement.lstrip().upper().startswith("INSERT"):
-            # One statement whose VALUES list holds every row: 11 flat parameters per row, not a list of rows.
+            # One statement whose VALUES list holds every row: 12 flat parameters per row, not a list of rows.
             assert isinstance(parameters, dict) or not isinstance(parameters[0], (tuple, list, dict))
-            sizes.append(len(parameters) // 11)
+            sizes.append(len(parameters) // 12)
 
     return sizes
 
@@ -96,6 +96,7 @@ def test_rows_are_written_in_batches_of_one_insert(database_url):
         "latency_ms": 103.0,
         "stream": False,
         "created_at": T0 + timedelta(seconds=3),
+        "key_id": None,
     }
     assert (recorder.written, recorder.dropped, recorder.pending) == (250, 0, 0)
 
@@ -104,10 +105,10 @@ def test_a_partial_batch_is_written_after_the_flush_interval(database_url):
     migrate.upgrade(database_url)
     recorder = RequestRecorder(database_url, batch_size=100, flush_interval_s=0.05)
     try:
-        recorder.record(record(1, run_id="own"))
+        recorder.record(record(1, run_id="own", key_id="key-1"))
         assert wait_for(lambda: recorder.written == 1)
         assert stored_ids(database_url) == ["chatcmpl-00001"]
-        assert stored(database_url)[0]["run_id"] == "own"
+        assert (stored(database_url)[0]["run_id"], stored(database_url)[0]["key_id"]) == ("own", "key-1")
     finally:
         recorder.close()
 

@@ -130,5 +130,5 @@ def test_default_url_follows_xdg_and_creates_the_folder(tmp_path):
 def test_the_default_database_migrates(tmp_path):
     url, source = resolve_database_url(None, None, {"HOME": str(tmp_path)})
     assert source == "default"
-    assert [r.rev for r in migrate.upgrade(url)] == ["0001", "0002", "0003", "0004"]
+    assert [r.rev for r in migrate.upgrade(url)] == ["0001", "0002", "0003", "0004", "0005"]
     assert (tmp_path / ".local" / "share" / "aana" / "aana.db").is_file()

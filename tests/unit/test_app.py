@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from runtime.app import SERVE_ENV_DEFAULTS, ModelDeployment, ModelIngress, OpenAIIngress, build_app
-from runtime.plan import HEALTH_PROBE_HEADROOM, INGRESS_NAME, build_plan
+from runtime.plan import HEALTH_PROBE_HEADROOM, INGRESS_NAME, Access, build_plan
 from runtime.records import Recording
 from runtime.spec import parse_spec
 
@@ -29,11 +29,11 @@ def test_one_model_deployment_per_model_and_an_ingress_bound_to_their_handles_an
     ingress = build_app(plan, Recording("sqlite:///x.db", "run-1"))._bound_deployment
     assert (ingress.name, ingress.func_or_class, ingress.num_replicas) == (INGRESS_NAME, OpenAIIngress, 1)
     assert ingress.ray_actor_options == {"num_cpus": plan.ingress_num_cpus}
-    app_name, cards, handles, api_key, recording, replicas, max_body_bytes, allowed_hosts = ingress.init_args
+    app_name, cards, handles, access, recording, replicas, max_body_bytes, allowed_hosts = ingress.init_args
     assert (app_name, replicas, max_body_bytes) == ("t", 1, 8 << 20)
     assert allowed_hosts == ("localhost", "127.0.0.1", "::1")  # the default bind is loopback
     assert cards == plan.cards and [c.sampling for c in cards] == [{}, {"temperature": 0.3}]
-    assert (api_key, recording) == ("k", Recording("sqlite:///x.db", "run-1"))
+    assert (access, recording) == (Access(api_key="k"), Recording("sqlite:///x.db", "run-1"))
     assert list(handles) == ["a", "b"]
     a = handles["a"]._bound_deployment
     # Ray may send a replica every request the ingress admits (2 x 4 running + 16 queued) plus health probes: the
@@ -64,7 +64,7 @@ def test_an_app_of_one_model_is_one_deployment_that_answers_http_itself(monkeypa
     model = build_app(plan, Recording("sqlite:///x.db", "run-1"))._bound_deployment
     assert (model.name, model.func_or_class, model.num_replicas) == ("a", ModelIngress, 2)
     assert model.ray_actor_options["num_cpus"] == 0.5
-    assert model.init_args == (plan.deployments[0], "t", "k", Recording("sqlite:///x.db", "run-1"), 8 << 20,
+    assert model.init_args == (plan.deployments[0], "t", Access(api_key="k"), Recording("sqlite:///x.db", "run-1"), 8 << 20,
                                ("localhost", "127.0.0.1", "::1"), plan.cards, {})  # fmt: skip
     for separate in ('ingress = "separate"', "ingress_replicas = 1"):
         plan = build_plan(parse_spec(one.replace('api_key = "k"', f'api_key = "k"\n{separate}')))

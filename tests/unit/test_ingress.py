@@ -184,7 +184,9 @@ def test_requested_completion_that_does_not_fit_is_400(client):
 
 def test_wrong_path_and_method_use_the_envelope(client):
     assert "/v1/chat/completions" in _error(client.get("/v1/nope"), 404)["message"]
-    _error(client.get("/v1/chat/completions"), 405)
+    _error(client.put("/v1/chat/completions"), 405)
+    # GET lists stored chat completions: this server keeps none, and says so.
+    assert "store_completions is off" in _error(client.get("/v1/chat/completions"), 404)["message"]
 
 
 def test_health_is_ok_when_every_model_is_ready(client):
