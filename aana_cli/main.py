@@ -2,6 +2,7 @@
 
 Exit codes: 0 success; 1 the spec is invalid, `aana up` failed or the database said no (the message says why); 2 bad
 command-line usage (`aana status` and `aana down` also use 2 for "nothing running" and 3 for "cluster unreachable").
+Each command's --help ends with examples and its own exit codes (`aana_cli.help_text.EPILOGS`).
 """
 
 from __future__ import annotations
@@ -11,26 +12,28 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 from rich.markup import escape
 
 from aana_cli import console
+from aana_cli.help_text import DATA_PANEL, EPILOGS, RUN_PANEL, SPEC_PANEL
 from aana_cli.options import Address, DatabaseUrl, DrainTimeout, Host, Json, Port, SpecPath
 from runtime import detached, lifecycle
 from runtime.errors import Interrupted, LaunchError
 from runtime.export import Format
 from runtime.plan import AppPlan, load_plan, local_path_problems
 from runtime.preflight import engine_args_problems, missing_package_problems
-from runtime.spec import SpecError
+from runtime.spec import ENGINE_NAMES, SpecError
 
 app = typer.Typer(
     name="aana",
     help="Serve LLMs from a TOML spec as an OpenAI-compatible API on Ray Serve.",
     no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode="rich",
     pretty_exceptions_enable=False,
+    epilog=EPILOGS["aana"],
 )
 
 _SPEC_HINT = "fix the keys above; `aana validate SPEC` checks a spec without starting anything"
@@ -53,9 +56,55 @@ def _exit_codes(as_json: bool = False) -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
-@app.command()
+EngineName = Literal[ENGINE_NAMES]  # the registry's engines, as the choices of --engine
+
+
+@app.command(rich_help_panel=SPEC_PANEL, epilog=EPILOGS["init"])
+def init(
+    path: Path = typer.Argument(Path("aana.toml"), help="Where to write the spec.", dir_okay=False, metavar="PATH"),
+    engine: EngineName = typer.Option(
+        "transformers", "--engine", "-e", metavar="ENGINE", help=f"The engine: {', '.join(ENGINE_NAMES)}."
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="A Hugging Face id, local folder, .gguf file or pkg:<package>/<file> (default: the embedded SmolLM2, "
+        "or MiniLM for sentence_transformers; echo needs none). The deployment is named after it.",
+    ),
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite the spec (and a schema file in the way)."),
+    schema: Optional[str] = typer.Option(
+        None,
+        "--schema",
+        help="Where the #:schema line points: a path, relative to the spec (the schema is written there), or a URL "
+        "(nothing written). Default: aana.schema.json beside the spec.",
+    ),
+) -> None:
+    """Write a commented starter spec, and its JSON Schema beside it for editors.
+
+    Every optional key is there, commented out at its default; taplo (Even Better TOML) reads the #:schema line.
+    """
+    from aana_cli import init_cmd
+
+    with _exit_codes():
+        init_cmd.init(path, engine, model, force, schema)
+
+
+@app.command(rich_help_panel=SPEC_PANEL, epilog=EPILOGS["schema"])
+def schema(
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", dir_okay=False, help="Write the schema here instead of to stdout."
+    ),
+) -> None:
+    """Print the spec's JSON Schema (descriptions, defaults, enums, bounds), from the models `aana validate` uses."""
+    from aana_cli import init_cmd
+
+    init_cmd.write_schema(output)
+
+
+@app.command(rich_help_panel=SPEC_PANEL, epilog=EPILOGS["validate"])
 def validate(spec: SpecPath, as_json: Json = False) -> None:
-    """Check a spec and print the deployment plan. Exit 0 when valid, 1 when not."""
+    """Check a spec and print the deployment plan."""
     with _exit_codes():
         plan = load_plan(spec)
         for problem in missing_package_problems(plan) + [str(p) for p in local_path_problems(plan)]:
@@ -92,7 +141,7 @@ def _plan_json(plan: AppPlan) -> dict:
     }
 
 
-@app.command()
+@app.command(rich_help_panel=RUN_PANEL, epilog=EPILOGS["up"])
 def up(
     spec: SpecPath,
     address: Address = None,
@@ -129,7 +178,7 @@ def detached_child() -> None:
     raise typer.Exit(detached.child_main())
 
 
-@app.command()
+@app.command(rich_help_panel=RUN_PANEL, epilog=EPILOGS["down"])
 def down(
     app_name: Optional[str] = typer.Option(None, "--app", help="The app to stop (default: the only one running)."),
     address: Address = None,
@@ -141,7 +190,7 @@ def down(
     console.out.print(f"stopped {name}")
 
 
-@app.command()
+@app.command(rich_help_panel=DATA_PANEL, epilog=EPILOGS["migrate"])
 def migrate(
     database_url: DatabaseUrl = None,
     spec: Optional[Path] = typer.Option(
@@ -167,11 +216,13 @@ keys_app = typer.Typer(
     name="keys",
     help="API keys, one per person or service: which models each may use, how fast, until when.",
     no_args_is_help=True,
+    rich_markup_mode="rich",
+    epilog=EPILOGS["keys"],
 )
-app.add_typer(keys_app)
+app.add_typer(keys_app, rich_help_panel=DATA_PANEL)
 
 
-@keys_app.command("create")
+@keys_app.command("create", epilog=EPILOGS["keys create"])
 def keys_create(
     name: str = typer.Option(..., "--name", help="Who the key is for; unique (revoked keys keep their names)."),
     models: Optional[str] = typer.Option(
@@ -189,7 +240,7 @@ def keys_create(
     keys_cmd.create(database_url, name, models, rpm, tpm, expires, as_json)
 
 
-@keys_app.command("list")
+@keys_app.command("list", epilog=EPILOGS["keys list"])
 def keys_list(database_url: DatabaseUrl = None, as_json: Json = False) -> None:
     """Show every key: name, prefix, models, limits, dates and state (active, expired, revoked); never the key."""
     from aana_cli import keys_cmd
@@ -197,7 +248,7 @@ def keys_list(database_url: DatabaseUrl = None, as_json: Json = False) -> None:
     keys_cmd.list_(database_url, as_json)
 
 
-@keys_app.command("revoke")
+@keys_app.command("revoke", epilog=EPILOGS["keys revoke"])
 def keys_revoke(
     key: str = typer.Argument(..., metavar="NAME|PREFIX", help="The key's name or its prefix (aana-xxxxxxxx)."),
     database_url: DatabaseUrl = None,
@@ -208,7 +259,7 @@ def keys_revoke(
     keys_cmd.revoke(database_url, key)
 
 
-@app.command()
+@app.command(rich_help_panel=DATA_PANEL, epilog=EPILOGS["usage"])
 def usage(
     since: str = typer.Option("7d", "--since", help="From this long ago (7d, 12h, 90m) or this UTC date (2025-06-01)."),
     key: Optional[str] = typer.Option(
@@ -224,7 +275,7 @@ def usage(
     keys_cmd.usage(database_url, since, key, model, as_json)
 
 
-@app.command()
+@app.command(rich_help_panel=SPEC_PANEL, epilog=EPILOGS["export"])
 def export(
     spec: SpecPath,
     fmt: Format = typer.Option(
@@ -245,12 +296,9 @@ def export(
         export_cmd.run(spec, fmt, output, host, port)
 
 
-@app.command()
+@app.command(rich_help_panel=RUN_PANEL, epilog=EPILOGS["status"])
 def status(address: Address = None, as_json: Json = False, database_url: DatabaseUrl = None) -> None:
-    """Show what runs: cluster, apps, deployments, replicas, errors, endpoint and models.
-
-    Exit codes: 0 all healthy, 1 something unhealthy or still deploying, 2 nothing running, 3 cluster unreachable.
-    """
+    """Show what runs: cluster, apps, deployments, replicas, errors, endpoint and models."""
     from runtime.status import exit_code
 
     with _exit_codes(as_json):

@@ -152,7 +152,7 @@ class SamplingSpec(_Section):
     stop: list[str] | None = Field(None, description="Stop sequences; generation ends before them.")
     seed: int | None = Field(None, description="Seed for sampling when the request names none.")
 
-    @field_validator("stop", mode="before")
+    @field_validator("stop", mode="before", json_schema_input_type=str | list[str] | None)
     @classmethod
     def _one_stop_is_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
