@@ -310,5 +310,11 @@ def status(address: Address = None, as_json: Json = False, database_url: Databas
     raise typer.Exit(exit_code(snapshot))
 
 
+from aana_cli import chat_cmd, logs_cmd  # noqa: E402
+
+logs_cmd.register(app)
+chat_cmd.register(app)
+
+
 if __name__ == "__main__":
     app()

@@ -53,10 +53,20 @@ _FORWARDED_ENV = (
 SERVE_ENV_DEFAULTS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 
+def serve_logging() -> None:
+    """aana's own log lines into the replica's Serve log file (with Serve's format and request id), where `aana
+    logs` reads them; otherwise they land, without timestamps, in the worker's stderr file."""
+    aana, serve_logger = logging.getLogger("aana"), logging.getLogger("ray.serve")
+    if serve_logger.handlers:
+        aana.handlers, aana.propagate = list(serve_logger.handlers), False
+        aana.setLevel(logging.INFO)
+
+
 class ModelDeployment(ModelServer):
     """`ModelServer` as Ray Serve runs it: started in the constructor, shut down when Serve removes the replica."""
 
     async def __init__(self, plan: DeploymentPlan):
+        serve_logging()
         with StartupSteps(plan.model_id) as steps:
             ModelServer.__init__(self, plan, on_step=steps)
             await self.start()
@@ -419,6 +429,7 @@ class OpenAIIngress(_HTTPFront):
         max_body_bytes: int,
         allowed_hosts: tuple[str, ...],
     ):
+        serve_logging()
         models = {card.id: RemoteModel(card.id, handles[card.id]) for card in cards}
         self._open_front(app_name, cards, models, access, recording, replicas, max_body_bytes, allowed_hosts)
 
@@ -443,6 +454,7 @@ class ModelIngress(_HTTPFront):
         cards: tuple[ModelCard, ...] = (),
         handles: dict[str, DeploymentHandle] | None = None,
     ):
+        serve_logging()
         with StartupSteps(plan.model_id) as steps:
             self.server = ModelServer(plan, on_step=steps)
             await self.server.start()

@@ -20,6 +20,7 @@ from e2e.openai_checks import (
     check_responses,
 )
 from e2e.server import free_port, model_load, run_aana, serving, wait_until_idle
+from e2e.test_cli_logs_chat import ask
 
 pytestmark = pytest.mark.e2e
 SPECS = Path(__file__).parents[2] / "specs"
@@ -43,6 +44,7 @@ def test_the_default_app_serves_chat_completions_responses_and_embeddings(tmp_pa
         check_models(client, ["smollm2", "minilm"])
         check_embeddings(client, "minilm")
         check_langchain(f"{server.base_url}/v1", "smollm2", "minilm")
+        assert "Paris" in ask(server.base_url, "smollm2", "What is the capital of France?")  # aana chat, one-shot
 
 
 def _dropped_stream_stops_the_generation(server, client):
