@@ -18,13 +18,21 @@ from runtime.engines.registry import ENGINES, engine_arg_problems, missing_packa
 from runtime.errors import LaunchError
 from runtime.plan import AppPlan, DeploymentPlan, local_path_problems
 
+# Ports a Ray node opens by default: the app's HTTP server would lose the race for them to the Ray `aana up` starts.
+RAY_NODE_PORTS = {52365: "dashboard agent", 52366: "dashboard agent gRPC", 6379: "GCS", 10001: "Ray client server"}
+
 
 def problems(plan: AppPlan, embedded: bool) -> list[str]:
     """Problems that need no Ray to find; `embedded`: the app will run on a Ray that `aana up` starts here."""
     found = engine_args_problems(plan) + missing_package_problems(plan)
     if embedded:
         found += gpu_problems(plan, local_gpu_count(), where="this machine")
-        if not port_is_free(plan.host, plan.port):
+        if plan.port in RAY_NODE_PORTS:
+            found.append(
+                f"port {plan.port} is one the embedded Ray takes for itself ({RAY_NODE_PORTS[plan.port]}); pass "
+                "another --port (or set server.port in the spec)"
+            )
+        elif not port_is_free(plan.host, plan.port):
             found.append(
                 f"port {plan.port} on {plan.host} is already in use; stop what uses it or pass --port (or set "
                 "server.port in the spec)"

@@ -23,10 +23,18 @@ import httpx
 READY = "aana is serving"
 
 
+# Ports a Ray node takes by default (dashboard agent HTTP and gRPC, metrics, dashboard, GCS, client server): a test
+# server on one of them loses the race to the Ray it starts.
+RAY_DEFAULT_PORTS = frozenset({52365, 52366, 8265, 6379, 10001, 8076, 8077})
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 def aana_command() -> list[str]:

@@ -76,7 +76,7 @@ def test_status_shows_why_a_deployment_fails(state_env):
     spec = state_env / "broken.toml"
     spec.write_text(
         'name = "broken"\n[deployments.ghost]\nengine = "transformers"\nmodel = "aana-tests/no-such-model"\n'
-        "num_cpus = 0.5\nnum_replicas = 2\n"
+        "num_cpus = 0.5\n"  # one replica: its six tries in a row take long enough for several status polls
     )
     stderr = state_env / "up.stderr"
     with stderr.open("w") as sink:  # a file, not a pipe: nobody reads a pipe while `aana up` runs, and it could fill

@@ -542,3 +542,11 @@ def test_custom_resources_go_to_each_replica_and_the_preflight_names_a_missing_o
     assert "ray start --address ... --resources" in problem
     bare = build_plan(parse_spec('name = "t"\n[deployments.a]\nengine = "echo"\n'))
     assert "resources" not in bare.deployments[0].deployment_options()["ray_actor_options"]
+
+
+def test_a_port_the_embedded_ray_takes_for_itself_is_refused_before_anything_starts():
+    from runtime.preflight import problems
+
+    plan = build_plan(parse_spec('name = "t"\n[server]\nport = 52365\n[deployments.a]\nengine = "echo"\n'))
+    assert any("52365 is one the embedded Ray takes for itself (dashboard agent)" in p for p in problems(plan, True))
+    assert not any("52365" in p for p in problems(plan, False))  # a cluster's own ports are its business
