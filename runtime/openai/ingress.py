@@ -81,9 +81,11 @@ class _ExchangeStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            if self.release is not None:
-                await self.release()
-            self.exchange.close(200)
+            try:
+                if self.release is not None:
+                    await self.release()
+            finally:  # whatever closing the model's stream does, the exchange ends (admission, gate, record)
+                self.exchange.close(200)
 
 
 class HostAllowList:

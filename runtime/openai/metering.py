@@ -55,15 +55,12 @@ class Meter:
 
     async def watch(self, items: AsyncIterator[Delta | StreamError]) -> AsyncIterator[Delta | StreamError]:
         self._enter("waiting")
-        try:
-            async for item in items:
-                if isinstance(item, StreamError):
-                    self.error = item
-                else:
-                    self._observe(item)
-                yield item
-        finally:
-            await items.aclose()  # closing the meter's stream stops the model's
+        async for item in items:
+            if isinstance(item, StreamError):
+                self.error = item
+            else:
+                self._observe(item)
+            yield item
 
     def _observe(self, delta: Delta) -> None:
         now = time.perf_counter()
