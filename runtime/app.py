@@ -16,7 +16,6 @@ import asyncio
 import atexit
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from runtime.engines.base import EmbeddingRequest, EmbeddingResult, GenerationRequest, StreamError
+from runtime.export import runtime_env_vars
 from runtime.model_api import ModelCard, ModelClient, ModelHealth, StreamItem
 from runtime.model_server import ModelServer
 from runtime.openai.auth import Authenticator, KeyGrant, KeyRing
@@ -41,16 +41,6 @@ from runtime.records import CompletionRecord, Recording
 logger = logging.getLogger("aana.app")
 
 HEALTH_PING_TIMEOUT_S = 3.0
-# Passed to replicas so that a cluster's workers see the same offline/cache settings as the driver.
-_FORWARDED_ENV = (
-    "HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "AANA_CACHE_DIR",
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP",
-)  # fmt: skip
-# Ray Serve's own tuning advice for fully async replicas: run user code on the replica's event loop instead of a
-# separate thread, and the router on the caller's loop. Every aana replica is async (blocking model work runs in
-# executors), and each streamed token crosses two replicas: measured in bench/ (vLLM SmolLM2, concurrency 1) this
-# took aana from 0.81x to 0.87x of vLLM's own server's output tokens/s. The operator's own setting wins.
-SERVE_ENV_DEFAULTS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 
 def serve_logging() -> None:
@@ -472,7 +462,7 @@ class ModelIngress(_HTTPFront):
 
 
 def _runtime_env() -> dict:
-    return {"env_vars": SERVE_ENV_DEFAULTS | {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}}
+    return {"env_vars": runtime_env_vars()}
 
 
 def _model_options(d: DeploymentPlan) -> dict:

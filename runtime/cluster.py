@@ -67,7 +67,7 @@ def start_ray(plan: AppPlan, address: str | None) -> None:
     """Join the cluster at `address`, or start an embedded one whose processes get Serve's tuning defaults."""
     import ray
 
-    from runtime.app import SERVE_ENV_DEFAULTS
+    from runtime.export import SERVE_ENV_DEFAULTS
 
     _quiet_ray()
     kwargs: dict = {"namespace": "aana", "logging_level": logging.ERROR, "log_to_driver": False}

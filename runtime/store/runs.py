@@ -9,18 +9,16 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 from runtime.records import CLIENT_CLOSED
-from runtime.store.db import make_engine, mask_url, translated_errors
+from runtime.store.db import mask_url
 from runtime.store.errors import StoreError
 from runtime.store.models import Request, Run, as_utc
+from runtime.store.sessions import session as _session
 
 # lost: the `aana up` that owned the run died without recording its end (noticed later, see mark_lost).
 STATES = ("starting", "running", "stopped", "failed", "lost")
@@ -173,15 +171,3 @@ def _update(url: str, run_id: str, **values) -> None:
 def _check_state(state: str) -> None:
     if state not in STATES:
         raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
-
-
-@contextmanager
-def _session(url: str, doing: str) -> Iterator[Session]:
-    engine = make_engine(url, pool=False)
-    try:
-        with translated_errors(url, "connect to"):
-            conn = engine.connect()
-        with conn, translated_errors(url, doing), Session(conn, expire_on_commit=False) as session, session.begin():
-            yield session
-    finally:
-        engine.dispose()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from runtime.app import SERVE_ENV_DEFAULTS, ModelDeployment, ModelIngress, OpenAIIngress, build_app
+from runtime.app import ModelDeployment, ModelIngress, OpenAIIngress, build_app
+from runtime.export import SERVE_ENV_DEFAULTS
 from runtime.plan import HEALTH_PROBE_HEADROOM, INGRESS_NAME, Access, build_plan
 from runtime.records import Recording
 from runtime.spec import parse_spec

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from aana_cli.main import app
 from runtime import app as serve_app
-from runtime.export import BUILDER, FORWARDED_ENV, SERVE_ENV_DEFAULTS, BuildArgs, export, k8s_name
+from runtime.export import BUILDER, FORWARDED_ENV, SERVE_ENV_DEFAULTS, BuildArgs, export, k8s_name, runtime_env_vars
 from runtime.plan import load_plan
 from runtime.serve_builder import plan_of, recording_of
 
@@ -181,8 +181,7 @@ def test_the_builder_fails_with_the_spec_s_own_message_when_the_cluster_lacks_a_
 
 
 def test_the_runtime_env_is_the_one_aana_up_gives_replicas():
-    assert SERVE_ENV_DEFAULTS == serve_app.SERVE_ENV_DEFAULTS
-    assert FORWARDED_ENV == serve_app._FORWARDED_ENV
+    assert serve_app._runtime_env()["env_vars"] == runtime_env_vars()  # one definition for aana up and export
 
 
 def test_the_builder_refuses_a_database_behind_its_schema(tmp_path):
