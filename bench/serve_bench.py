@@ -15,8 +15,8 @@ max_model_len, enforce_eager, KV cache size...) and the same vLLM CPU environmen
 One server runs at a time, never two. Each of --rounds rounds starts every server once, in an order rotated by one
 per round (round 2 starts with the second server...), warms it up, measures each --concurrency --repeat times
 (--requests streamed chat completions of exactly --max-tokens tokens each, `ignore_eos`), and stops it; processes
-it leaves behind are ended. While each load runs, the RSS and PSS of the server's whole process tree are sampled
-(bench/proctree.py says what belongs to a tree).
+it leaves behind are ended. After the timed runs at a concurrency, one more run at that load samples the RSS and PSS
+of the server's whole process tree (bench/proctree.py says what belongs to a tree); timed runs are never sampled.
 
 --mode transformers measures aana alone (a Transformers spec) and prints the scaling from c=1 to each concurrency,
 then the same model without a server on static batches (bench/model_scaling.py): the scaling this machine allows.
@@ -74,6 +74,7 @@ class Cell:
     """One server at one concurrency: every run of every round and the peak memory seen under that load."""
 
     runs: list[RunResult] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)  # the round of each run
     rss_mb: float = 0.0
     pss_mb: float = 0.0
 
@@ -176,25 +177,36 @@ async def ready(process: subprocess.Popen, base_url: str, model: str, timeout_s:
     waiting.result()
 
 
-def measure(server: Server, base_url: str, tree: ProcessTree, args: argparse.Namespace, into: Measured) -> None:
-    """Warm up, then --repeat runs at each concurrency, sampling the tree's memory while each run's load lasts."""
+def measure(server: Server, base_url: str, tree: ProcessTree, args: argparse.Namespace, into: Measured,
+            round_no: int) -> None:  # fmt: skip
+    """Warm up, then --repeat timed runs at each concurrency, then one more run at each to sample memory under that load.
+
+    Memory is sampled in its own runs, never during timed ones: reading every member's /proc/PID/smaps_rollup twice a
+    second takes the GIL from this process's load client and each target's mmap lock, which costs a tree of many
+    processes (Ray's) more than a tree of few and showed up as TTFT outliers.
+    """
     asyncio.run(run_load(base_url, args.model, 1, 2, 8))  # warm-up: first requests pay one-off costs
+    asyncio.run(run_load(base_url, args.model, max(args.concurrency), max(args.concurrency), 8))
     for concurrency in args.concurrency:
         cell = into.cells.setdefault(concurrency, Cell())
+        requests = max(args.requests, concurrency)
         for _ in range(args.repeat):
-            requests = max(args.requests, concurrency)
-            with PeakMemory(tree) as peak:
-                run = asyncio.run(run_load(base_url, args.model, concurrency, requests, args.max_tokens))
+            run = asyncio.run(run_load(base_url, args.model, concurrency, requests, args.max_tokens))
             cell.runs.append(run)
-            cell.rss_mb, cell.pss_mb = max(cell.rss_mb, peak.rss_mb), max(cell.pss_mb, peak.pss_mb)
+            cell.rounds.append(round_no)
             counts = {r.output_tokens for r in run.requests}
             if counts != {args.max_tokens}:
                 into.notes.append(f"c={concurrency}: output token counts {sorted(counts)}, not {args.max_tokens}")
             print(f"  {server.name} c={concurrency}: {run.output_tok_s:.1f} tok/s, TTFT p50 "
-                  f"{run.ttft_median_s * 1000:.0f} ms, RSS {peak.rss_mb:.0f} MB", file=sys.stderr, flush=True)  # fmt: skip
+                  f"{run.ttft_median_s * 1000:.0f} ms", file=sys.stderr, flush=True)  # fmt: skip
+        with PeakMemory(tree) as peak:
+            asyncio.run(run_load(base_url, args.model, concurrency, requests, args.max_tokens))
+        cell.rss_mb, cell.pss_mb = max(cell.rss_mb, peak.rss_mb), max(cell.pss_mb, peak.pss_mb)
+        print(f"  {server.name} c={concurrency}: RSS {peak.rss_mb:.0f} MB, PSS {peak.pss_mb:.0f} MB (untimed run)",
+              file=sys.stderr, flush=True)  # fmt: skip
 
 
-def serve_once(server: Server, port: int, log: Path, args: argparse.Namespace, into: Measured) -> None:
+def serve_once(server: Server, port: int, log: Path, args: argparse.Namespace, into: Measured, round_no: int) -> None:
     """Start one server, measure it, stop it and end whatever it left behind."""
     into.command = server.shown()
     base_url = f"http://127.0.0.1:{port}"
@@ -206,7 +218,7 @@ def serve_once(server: Server, port: int, log: Path, args: argparse.Namespace, i
         asyncio.run(ready(process, base_url, args.model, args.start_timeout))
         into.ready_s.append(time.monotonic() - started)
         print(f"  {server.name} ready in {into.ready_s[-1]:.0f} s", file=sys.stderr, flush=True)
-        measure(server, base_url, tree, args, into)
+        measure(server, base_url, tree, args, into, round_no)
     except (RuntimeError, TimeoutError, OSError) as exc:  # one failed start must not lose the other servers' runs
         into.notes.append(f"a start failed: {exc}; see {log}")
         print(f"  {server.name} FAILED: {exc}; see {log}", file=sys.stderr, flush=True)
@@ -227,7 +239,7 @@ def run_rounds(builders: dict[str, Builder], args: argparse.Namespace) -> dict[s
         for name in order:
             port = free_port()
             log = Path(args.logs) / f"{name.replace(' ', '-')}-round{r + 1}.log"
-            serve_once(builders[name](port), port, log, args, measured[name])
+            serve_once(builders[name](port), port, log, args, measured[name], r)
     return measured
 
 
@@ -241,6 +253,20 @@ def _ratio(a: list[float], b: list[float]) -> str:
     return f"{statistics.median(a) / statistics.median(b):.2f}" if a and b else "n/a"
 
 
+def _round_ratios(a: Cell | None, b: Cell | None, metric: Callable[[RunResult], float]) -> str:
+    """The pooled ratio of medians, then the ratio within each round: a machine whose speed drifts during the
+    benchmark (seen here: 25% slower in the second round) moves both servers of a round together."""
+    if not a or not b or not a.runs or not b.runs:
+        return "n/a"
+    pooled = statistics.median(map(metric, a.runs)) / statistics.median(map(metric, b.runs))
+    per_round = []
+    for r in sorted(set(a.rounds) & set(b.rounds)):
+        mine = [metric(run) for run, k in zip(a.runs, a.rounds, strict=True) if k == r]
+        theirs = [metric(run) for run, k in zip(b.runs, b.rounds, strict=True) if k == r]
+        per_round.append(f"{statistics.median(mine) / statistics.median(theirs):.2f}")
+    return f"{pooled:.2f} ({', '.join(per_round)})"
+
+
 def _series(cell: Cell | None) -> tuple[list[float], list[float]]:
     runs = cell.runs if cell else []
     return [r.output_tok_s for r in runs], [r.ttft_median_s * 1000 for r in runs]
@@ -252,14 +278,17 @@ def _memory(cell: Cell | None) -> str:
 
 def compare_table(measured: dict[str, Measured], concurrency: list[int]) -> list[str]:
     lines = [
-        "| c | server | output tok/s | TTFT p50 ms | peak RSS MB | peak PSS MB | aana/server tok/s | aana/server TTFT |",
+        "| c | server | output tok/s | TTFT p50 ms | peak RSS MB | peak PSS MB | aana/server tok/s (each round) "
+        "| aana/server TTFT (each round) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in concurrency:
-        aana_tok, aana_ttft = _series(measured[AANA].cells.get(c)) if AANA in measured else ([], [])
+        mine = measured[AANA].cells.get(c) if AANA in measured else None
         for name, m in measured.items():
             tok, ttft = _series(m.cells.get(c))
-            ratios = "- | -" if name == AANA else f"{_ratio(aana_tok, tok)} | {_ratio(aana_ttft, ttft)}"
+            theirs = m.cells.get(c)
+            ratios = ("- | -" if name == AANA else f"{_round_ratios(mine, theirs, lambda r: r.output_tok_s)} | "
+                      f"{_round_ratios(mine, theirs, lambda r: r.ttft_median_s)}")  # fmt: skip
             lines.append(f"| {c} | {name} | {_cell(tok, '.1f')} | {_cell(ttft, '.0f')} | "
                          f"{_memory(m.cells.get(c))} | {ratios} |")  # fmt: skip
     return lines
@@ -290,8 +319,8 @@ def footer(measured: dict[str, Measured], args: argparse.Namespace, loads: tuple
     lines = [
         "",
         f"model {args.model}, {args.max_tokens} output tokens per request, {args.requests} requests per run "
-        f"(at least c), median [min-max] over all runs; memory: peak of the server's process tree under each load, "
-        f"sampled every 0.5 s; load average {loads[0]} before, {loads[1]} after; {took_s / 60:.1f} min in all",
+        f"(at least c), median [min-max] over all runs; memory: peak of the server's process tree in one more, "
+        f"untimed run at each load, sampled every 0.5 s; load average {loads[0]} before, {loads[1]} after; {took_s / 60:.1f} min in all",
         "",
     ]
     for name, m in measured.items():
