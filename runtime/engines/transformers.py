@@ -94,6 +94,7 @@ class TransformersEngine(Engine):
 
         if tuple(int(part) for part in __version__.split(".")[:2]) < MIN_TRANSFORMERS:
             raise RuntimeError(f"transformers {__version__} is too old for this engine: {TRANSFORMERS_HINT}")
+        _import_loaders()
         config, options = self.config, self.config.options
         device = pick_device(options.device, config.num_gpus)
         if gguf := pending_conversion(config.source):
@@ -335,6 +336,16 @@ def _torch_dtype(dtype: str, device: str) -> Any:
         # CPUs are slow or inexact with half precision; on a GPU the checkpoint's own dtype is right.
         return torch.float32 if device == "cpu" else "auto"
     return getattr(torch, dtype)
+
+
+def _import_loaders() -> None:
+    """Import what loading a model pulls in, under the import step: transformers imports lazily, and its first
+    AutoTokenizer / AutoModelForCausalLM use imports ~3 s more here (auto classes, modeling and generation utils, with
+    torch.distributed, torch._dynamo and sklearn behind them), which the load step would otherwise show as weights."""
+    import transformers.generation.utils
+    import transformers.modeling_utils  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+    from transformers.models.auto import modeling_auto, tokenization_auto  # noqa: F401
 
 
 def _load_tokenizer(resolved: ResolvedModel) -> Any:
