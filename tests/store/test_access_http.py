@@ -4,14 +4,13 @@ ingress's key ring as the replica's key watch reads them."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta, timezone
 
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from in_process import serve, start_servers
 
-from runtime.model_server import ModelServer
 from runtime.openai.auth import Authenticator, KeyGrant, KeyRing
 from runtime.openai.ingress import create_app
 from runtime.openai.quotas import Quotas
@@ -50,9 +49,7 @@ class Served:
         self.url = database_url
         self.ring = KeyRing()
         plan = build_plan(parse_spec(SPEC))
-        servers = {d.model_id: ModelServer(d) for d in plan.deployments}
-        for server in servers.values():
-            asyncio.run(server.start())
+        servers = start_servers(plan)
         app = create_app(servers, plan.cards, api_key, auth=Authenticator(api_key, self.ring, mode),
                          quotas=InProcessQuotas(), stored=StoredCompletions(database_url, 30))  # fmt: skip
         self.http = TestClient(app)
@@ -180,11 +177,7 @@ def test_stored_completions_belong_to_the_key_that_made_them(database_url):
 
 
 def test_store_true_is_a_400_where_completions_are_not_stored(tmp_path):
-    plan = build_plan(parse_spec(SPEC))
-    servers = {d.model_id: ModelServer(d) for d in plan.deployments}
-    for server in servers.values():
-        asyncio.run(server.start())
-    http = TestClient(create_app(servers, plan.cards))
+    http = serve(SPEC).http
     response = http.post("/v1/chat/completions", json={"model": "chat", "messages": HI, "store": True})
     assert response.status_code == 400 and response.json()["error"]["param"] == "store"
     assert http.post("/v1/chat/completions", json={"model": "chat", "messages": HI, "store": False}).status_code == 200
@@ -194,9 +187,7 @@ def test_store_true_is_a_400_where_completions_are_not_stored(tmp_path):
 
 def test_until_the_keys_are_read_only_the_specs_key_gets_in(tmp_path):
     plan = build_plan(parse_spec(SPEC))
-    servers = {d.model_id: ModelServer(d) for d in plan.deployments}
-    for server in servers.values():
-        asyncio.run(server.start())
+    servers = start_servers(plan)
     ring = KeyRing(loaded=False)  # the database has not answered yet
     http = TestClient(create_app(servers, plan.cards, "spec-key", auth=Authenticator("spec-key", ring)))
     refused = http.get("/v1/models", headers={"authorization": "Bearer aana-whatever_x"})

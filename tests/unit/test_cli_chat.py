@@ -5,23 +5,17 @@ sent from the engine's history. Ctrl-C during a real stream under a terminal is 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 
-import openai
 import pytest
 import typer
-from fastapi.testclient import TestClient
+from in_process import serve
 from typer.testing import CliRunner
 
 from aana_cli import chat_cmd
 from aana_cli.chat_cmd import Chat, ChatError, interactive, one_shot
 from runtime import local_apps
-from runtime.model_server import ModelServer
-from runtime.openai.ingress import create_app
-from runtime.plan import build_plan
-from runtime.spec import parse_spec
 
 pytestmark = pytest.mark.unit
 
@@ -37,13 +31,8 @@ QUESTION = "What is the capital of France?"
 @pytest.fixture
 def served():
     """(an openai client on the in-process app, the echo engine behind it)."""
-    plan = build_plan(parse_spec(SPEC))
-    servers = {d.model_id: ModelServer(d) for d in plan.deployments}
-    for server in servers.values():
-        asyncio.run(server.start())
-    http = TestClient(create_app(servers, plan.cards))
-    client = openai.OpenAI(api_key="x", base_url="http://testserver/v1", http_client=http, max_retries=0)
-    return client, servers["echo"].engine
+    app = serve(SPEC)
+    return app.client, app.servers["echo"].engine
 
 
 class Terminal:

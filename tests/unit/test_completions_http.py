@@ -16,6 +16,7 @@ import numpy
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from in_process import serve
 
 from runtime.engines.base import EmbeddingRequest, EmbeddingResult, Engine, EngineError
 from runtime.model_server import ModelServer
@@ -55,13 +56,8 @@ class FakeEmbedder(Engine):
 
 @pytest.fixture
 def served():
-    plan = build_plan(parse_spec(SPEC))
-    servers = {d.model_id: ModelServer(d, FakeEmbedder if d.engine != "echo" else None) for d in plan.deployments}
-    for server in servers.values():
-        asyncio.run(server.start())
-    http = TestClient(create_app(servers, plan.cards))
-    client = openai.OpenAI(api_key="x", base_url="http://testserver/v1", http_client=http, max_retries=0)
-    return client, http, {name: server.engine for name, server in servers.items()}
+    app = serve(SPEC, lambda deployment: FakeEmbedder if deployment.engine != "echo" else None)
+    return app.client, app.http, app.engines
 
 
 # -- completions -----------------------------------------------------------------------------------------------

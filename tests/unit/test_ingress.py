@@ -4,16 +4,15 @@ No Ray: the app is built over `ModelServer`s (the replica class Ray Serve runs) 
 The echo engine is scripted (`enqueue`) and records what it received (`history`).
 """
 
-import asyncio
 import json
 import threading
 import time
 
 import pytest
 from fastapi.testclient import TestClient
+from in_process import start_servers
 
 from runtime.engines.base import EngineError, GenerationParams, GenerationRequest
-from runtime.model_server import ModelServer
 from runtime.openai.ingress import Admission, create_app
 from runtime.plan import build_plan
 from runtime.spec import parse_spec
@@ -31,10 +30,7 @@ engine = "echo"
 
 
 def _servers(spec=SPEC):
-    servers = {d.model_id: ModelServer(d) for d in build_plan(parse_spec(spec)).deployments}
-    for server in servers.values():
-        asyncio.run(server.start())
-    return servers
+    return start_servers(build_plan(parse_spec(spec)))
 
 
 def _client(api_key=None, servers=None, on_record=None, admission=None, spec=SPEC):

@@ -8,16 +8,12 @@ import time
 
 import openai
 import pytest
-from fastapi.testclient import TestClient
+from in_process import serve
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.engines.base import Delta
-from runtime.model_server import ModelServer
-from runtime.openai.ingress import create_app
 from runtime.openai.metering import Meter
 from runtime.openai.metrics import ServingMetrics, merge_expositions
-from runtime.plan import build_plan
-from runtime.spec import parse_spec
 
 pytestmark = pytest.mark.unit
 
@@ -45,13 +41,8 @@ def value(text: str, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def served():
-    plan = build_plan(parse_spec(SPEC))
-    servers = {d.model_id: ModelServer(d) for d in plan.deployments}
-    for server in servers.values():
-        asyncio.run(server.start())
-    http = TestClient(create_app(servers, plan.cards))
-    client = openai.OpenAI(api_key="x", base_url="http://testserver/v1", http_client=http, max_retries=0)
-    return client, http, servers["chat"].engine
+    app = serve(SPEC)
+    return app.client, app.http, app.servers["chat"].engine
 
 
 def test_histogram_counts_and_token_totals_equal_the_requests_sent(served):

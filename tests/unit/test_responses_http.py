@@ -5,20 +5,15 @@ replicas (`enqueue` scripts the model's text, `history` shows the chat request t
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import openai
 import pydantic
 import pytest
-from fastapi.testclient import TestClient
+from in_process import serve
 from openai.types.responses import Response, ResponseStreamEvent
 
 from runtime.engines.base import EngineError
-from runtime.model_server import ModelServer
-from runtime.openai.ingress import create_app
-from runtime.plan import build_plan
-from runtime.spec import parse_spec
 
 SPEC = """
 name = "t"
@@ -55,13 +50,8 @@ CALL_EVENTS = [
 
 @pytest.fixture
 def served():
-    plan = build_plan(parse_spec(SPEC))
-    servers = {d.model_id: ModelServer(d) for d in plan.deployments}
-    for server in servers.values():
-        asyncio.run(server.start())
-    http = TestClient(create_app(servers, plan.cards))
-    client = openai.OpenAI(api_key="x", base_url="http://testserver/v1", http_client=http, max_retries=0)
-    return client, http, {name: server.engine for name, server in servers.items()}
+    app = serve(SPEC)
+    return app.client, app.http, app.engines
 
 
 def sse_events(http, path="/v1/responses", **body):

@@ -8,17 +8,10 @@ streamed exactly as OpenAI streams them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-import openai
 import pytest
-from fastapi.testclient import TestClient
-
-from runtime.model_server import ModelServer
-from runtime.openai.ingress import create_app
-from runtime.plan import build_plan
-from runtime.spec import parse_spec
+from in_process import serve
 
 SPEC = """
 name = "t"
@@ -42,13 +35,8 @@ ASK = [{"role": "user", "content": "Weather in Paris?"}]
 
 @pytest.fixture
 def served():
-    plan = build_plan(parse_spec(SPEC))
-    servers = {d.model_id: ModelServer(d) for d in plan.deployments}
-    for server in servers.values():
-        asyncio.run(server.start())
-    http = TestClient(create_app(servers, plan.cards))
-    client = openai.OpenAI(api_key="x", base_url="http://testserver/v1", http_client=http, max_retries=0)
-    return client, http, {name: server.engine for name, server in servers.items()}
+    app = serve(SPEC)
+    return app.client, app.http, app.engines
 
 
 def script(engine, *replies):
