@@ -9,17 +9,14 @@ learns nothing about which keys exist. Pure: no FastAPI, no database.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from runtime.key_format import hash_key, key_prefix
 from runtime.openai.errors import APIError
-
-KEY_PREFIX = "aana-"
-PREFIX_CHARS = len(KEY_PREFIX) + 8  # "aana-" and 8 characters: the part a key is looked up by
 
 
 @dataclass(frozen=True)
@@ -67,10 +64,6 @@ class Caller:
 ANYONE = Caller()
 
 
-def hash_key(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
 class KeyRing:
     """The keys the database held at the last refresh. `known` is whether any key exists at all (revoked and
     expired ones included): with `[server] auth = "auto"`, that turns key checking on."""
@@ -92,7 +85,8 @@ class KeyRing:
 
     def find(self, presented: str, now: datetime) -> KeyGrant | None:
         """The usable key `presented` is, or None."""
-        key = self._by_prefix.get(presented[:PREFIX_CHARS]) if presented.startswith(KEY_PREFIX) else None
+        prefix = key_prefix(presented)
+        key = self._by_prefix.get(prefix) if prefix else None
         if key is None or not hmac.compare_digest(hash_key(presented), key.key_hash):
             return None
         return key if key.usable(now) else None

@@ -8,11 +8,9 @@ cheap. A name is unique, revoked keys included, so usage per name never mixes tw
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import secrets
-import string
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,15 +18,11 @@ from datetime import datetime, timezone
 
 from sqlalchemy import exc, or_, select, update
 
+from runtime.key_format import KEY_PREFIX, PREFIX_ALPHABET, PREFIX_LENGTH, SEPARATOR, hash_key, key_prefix
 from runtime.store.db import mask_url
 from runtime.store.errors import StoreError
 from runtime.store.models import ApiKeyRow, as_utc
 from runtime.store.sessions import database_url, session
-
-KEY_PREFIX = "aana-"
-PREFIX_LENGTH = len(KEY_PREFIX) + 8
-_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
-_SEPARATOR = "_"
 
 
 class KeyNotFound(StoreError):
@@ -76,19 +70,6 @@ class ApiKey:
         return hmac.compare_digest(hash_key(secret), self.key_hash)
 
 
-def hash_key(secret: str) -> str:
-    """The sha256 hex digest of the whole key text."""
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
-def key_prefix(secret: str) -> str | None:
-    """The lookup part of a key ("aana-" and 8 characters), or None when `secret` is not shaped like one of ours."""
-    if len(secret) <= PREFIX_LENGTH + 1 or not secret.startswith(KEY_PREFIX) or secret[PREFIX_LENGTH] != _SEPARATOR:
-        return None
-    head = secret[:PREFIX_LENGTH]
-    return head if all(c in _PREFIX_ALPHABET for c in head[len(KEY_PREFIX) :]) else None
-
-
 def create_key(
     url: str | None,
     name: str,
@@ -130,7 +111,7 @@ def create_key(
             prefix = _new_prefix()
             while db.scalar(select(ApiKeyRow.id).where(ApiKeyRow.prefix == prefix)) is not None:
                 prefix = _new_prefix()  # 36^8 prefixes: a repeat is rare, and would make lookups ambiguous
-            secret = f"{prefix}{_SEPARATOR}{secrets.token_urlsafe(24)}"
+            secret = f"{prefix}{SEPARATOR}{secrets.token_urlsafe(24)}"
             row.prefix, row.key_hash = prefix, hash_key(secret)
             db.add(row)
     except StoreError as error:
@@ -214,7 +195,7 @@ def _key(row: ApiKeyRow) -> ApiKey:
 
 
 def _new_prefix() -> str:
-    return KEY_PREFIX + "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(PREFIX_LENGTH - len(KEY_PREFIX)))
+    return KEY_PREFIX + "".join(secrets.choice(PREFIX_ALPHABET) for _ in range(PREFIX_LENGTH - len(KEY_PREFIX)))
 
 
 def _name_taken(url: str, name: str) -> bool:
